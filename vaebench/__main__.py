@@ -1,0 +1,5 @@
+import sys
+
+from vaebench.cli import main
+
+sys.exit(main())

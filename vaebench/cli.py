@@ -1,0 +1,149 @@
+"""`python -m vaebench` / `vaebench`: run, list, leaderboard, ui.
+
+A thin shell over config, search, report. Heavy libraries (torch, MLflow, Optuna) are
+imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
+stderr and exit code 2, with nothing written.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from vaebench.errors import InputError
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--study", required=True, help="study name (./studies, then vaebench's own) or YAML path")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else MLflow's ./mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="vaebench", description="Benchmark VAEs: Optuna search, MLflow tracking, reports.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="search, train, track and write the leaderboard")
+    _add_common(run)
+    run.add_argument("--storage", default=DEFAULT_STORAGE,
+                     help=f"Optuna storage URL or *.journal file (default {DEFAULT_STORAGE})")
+    run.add_argument("--trials", type=int, default=None, help="total trials (overrides the study file)")
+    run.add_argument("--device", default=None, help="auto | cpu | cuda | mps (overrides the study file)")
+    run.add_argument("--data-dir", default=os.environ.get("VAEBENCH_DATA"), help="folder of local datasets")
+    run.add_argument("--results", default="results", help="folder for reports (default ./results)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
+
+    board = sub.add_parser("leaderboard", help="CSV leaderboard of a study, read back from MLflow")
+    _add_common(board)
+    board.add_argument("--out", default=None, help="CSV path (default results/<study>/leaderboard.csv)")
+
+    ui = sub.add_parser("ui", help="start the MLflow UI on this folder's runs")
+    ui.add_argument("--tracking-uri", default=None)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
+    ui.add_argument("--port", type=int, default=5000)
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vaebench.config import load_study
+
+    spec, path = load_study(args.study)
+    if args.trials is not None and args.trials < 1:
+        raise InputError(f"--trials {args.trials}: must be at least 1")
+    if args.device:
+        from vaebench.train import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except (ValueError, RuntimeError) as exc:
+            raise InputError(f"--device {args.device}: {exc}") from None
+        spec = spec.model_copy(update={"device": args.device})
+
+    from vaebench import report, search, tracking
+    from vaebench.progress import ProgressBar
+
+    tracking.quiet()
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    total = args.trials or spec.search.total_trials
+    with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
+        result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
+                                  study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
+                                  data_dir=args.data_dir)
+    out = Path(args.results) / spec.name / "leaderboard.csv"
+    print(f"study {spec.name}: {result.finished}/{result.total} trials finished "
+          f"(Optuna storage {args.storage}, study '{spec.name}')")
+    print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking_uri}"
+          f"  -> `mlflow ui` in this folder")
+    try:
+        board = report.leaderboard(tracking_uri, spec.name)
+    except InputError:
+        board = None
+    if board is not None:
+        report.write_csv(board, out)
+        print(f"leaderboard: {out}")
+    for number, reason in sorted(result.failures.items()):
+        print(f"trial {number} failed: {reason}", file=sys.stderr)
+    if board is None:
+        reasons = sorted(set(result.failures.values()))
+        print(f"no trial finished ({'; '.join(reasons) or 'no trials ran'})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from vaebench import data, models
+    from vaebench.config import STUDY_DIRS
+
+    for kind, names in models.describe().items():
+        print(f"{kind + ':':15s} {', '.join(names)}")
+    print(f"{'datasets:':15s} {', '.join(sorted(data.DATASETS))}")
+    studies = sorted({p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml")})
+    print(f"{'studies:':15s} {', '.join(studies)}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from vaebench import report, tracking
+
+    tracking.quiet()
+    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study)
+    out = Path(args.out) if args.out else Path("results") / args.study / "leaderboard.csv"
+    report.write_csv(board, out)
+    print(f"{len(board)} trials -> {out}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from vaebench import tracking
+
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(" ".join(cmd))
+    return subprocess.call(cmd)
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except InputError as exc:
+        print(f"vaebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vaebench: interrupted", file=sys.stderr)
+        return 130

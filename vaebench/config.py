@@ -1,0 +1,252 @@
+"""Study files: YAML -> validated StudySpec -> one TrialConfig per Optuna trial.
+
+Everything a trial needs is in its TrialConfig, so the same config and seed always rebuild
+the same run. Validation happens before anything is written: a bad file is reported as
+`file: field: problem` and the CLI exits 2.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vaebench.errors import InputError
+
+STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+
+Scalar = bool | int | float | str
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(_Strict):
+    name: str = "mnist5k"
+    binarize: Literal["none", "static", "dynamic"] = "none"
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    seed: int = Field(0, ge=0, description="split seed: fixed per study, so trial seeds vary only training")
+
+    @model_validator(mode="after")
+    def _known(self) -> DatasetSpec:
+        from vaebench import data
+
+        if self.name not in data.DATASETS:
+            raise ValueError(f"unknown dataset {self.name!r}; known: {', '.join(sorted(data.DATASETS))}")
+        return self
+
+
+class ModelSpec(_Strict):
+    arch: str = "mlp"
+    objective: str = "vae"
+    latent_dim: int = Field(10, ge=1)
+    likelihood: str = "bernoulli"
+    beta: float | None = Field(None, ge=0)
+    hidden: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = None
+
+    def hparams(self) -> dict[str, Any]:
+        """Architecture and objective hyper-parameters that were set (None = the default)."""
+        fixed = {"arch", "objective", "latent_dim", "likelihood"}
+        return {k: v for k, v in self.model_dump().items() if k not in fixed and v is not None}
+
+    @model_validator(mode="after")
+    def _known(self) -> ModelSpec:
+        from vaebench import models
+
+        for kind, name, known in (
+            ("arch", self.arch, models.ARCHITECTURES),
+            ("objective", self.objective, models.OBJECTIVES),
+            ("likelihood", self.likelihood, models.LIKELIHOODS),
+        ):
+            if name not in known:
+                raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        accepted = set(models.arch_hparams(self.arch)) | set(models.objective_hparams(self.objective))
+        for key in self.hparams():
+            if key not in accepted:
+                raise ValueError(
+                    f"{key!r} does not apply to arch {self.arch!r} with objective {self.objective!r}"
+                    f" (they take: {', '.join(sorted(accepted)) or 'nothing'})"
+                )
+        return self
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    grad_clip: float | None = Field(None, gt=0)
+    kl_warmup_epochs: int = Field(0, ge=0)
+
+
+class EvalSpec(_Strict):
+    batch_size: int = Field(1024, ge=1)
+    iwae_k: int = Field(0, ge=0, description="importance samples for test_iwae_ll; 0 = off")
+
+
+class Range(_Strict):
+    """A numeric search range; lists in the space are categorical (grid) choices."""
+
+    low: float
+    high: float
+    log: bool = False
+    type: Literal["float", "int"] = "float"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+class SearchSpec(_Strict):
+    sampler: Literal["grid", "tpe", "random"] = "tpe"
+    pruner: Literal["none", "median"] = "none"
+    n_trials: int | None = Field(None, ge=1, description="grid: defaults to (and must equal) the grid size")
+    objective: str = "val_elbo"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    space: dict[str, list[Scalar] | Range] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchSpec:
+        if not self.space:
+            raise ValueError("the search space is empty")
+        for key, dom in self.space.items():
+            if isinstance(dom, list) and not dom:
+                raise ValueError(f"space.{key}: no values to choose from")
+        if self.sampler == "grid":
+            ranges = [k for k, d in self.space.items() if isinstance(d, Range)]
+            if ranges:
+                raise ValueError(f"space.{ranges[0]}: the grid sampler needs a list of values, not a range")
+            if self.n_trials is not None and self.n_trials != self.grid_size():
+                raise ValueError(f"n_trials: {self.n_trials} but the grid has {self.grid_size()} points")
+        elif self.n_trials is None:
+            raise ValueError(f"n_trials: required with the {self.sampler} sampler")
+        if not self.objective.startswith(("val_", "train_")):
+            raise ValueError(f"objective: {self.objective!r} must be a val_ or train_ metric (test is never optimised)")
+        return self
+
+    def grid_size(self) -> int:
+        return math.prod(len(d) for d in self.space.values() if isinstance(d, list))
+
+    @property
+    def total_trials(self) -> int:
+        return self.n_trials if self.n_trials is not None else self.grid_size()
+
+
+class StudySpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    device: str = "cpu"
+    dataset: DatasetSpec = DatasetSpec()
+    model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
+    search: SearchSpec
+
+    @model_validator(mode="after")
+    def _space_values_valid(self) -> StudySpec:
+        """Every value the search can pick must make a valid trial: check them all now."""
+        for key, dom in self.search.space.items():
+            values = dom if isinstance(dom, list) else [dom.low, dom.high]
+            for value in values:
+                try:
+                    self.with_params({key: value})
+                except ValidationError as exc:
+                    raise ValueError(f"search.space.{key} = {value!r}: {format_validation_error(exc)}") from None
+        return self
+
+    def with_params(self, params: dict[str, Any]) -> TrialConfig:
+        """This study's settings with sampled values set at their dotted keys."""
+        tree = self.model_dump(exclude={"search"})
+        for key, value in params.items():
+            *parents, leaf = key.split(".")
+            node = tree
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"search.space.{key}: no such setting")
+                node = node[part]
+            if leaf not in node:
+                raise ValueError(f"search.space.{key}: no such setting")
+            node[leaf] = value
+        return TrialConfig.model_validate(tree)
+
+
+class TrialConfig(_Strict):
+    """One trial's full, resolved settings: the StudySpec without search, values filled in."""
+
+    name: str
+    description: str = ""
+    seed: int
+    device: str
+    dataset: DatasetSpec
+    model: ModelSpec
+    train: TrainSpec
+    eval: EvalSpec
+
+    def flat(self) -> dict[str, Any]:
+        """Flat dotted keys, as logged to MLflow params (None values dropped)."""
+        out: dict[str, Any] = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    walk(f"{prefix}{k}.", v)
+            elif node is not None:
+                out[prefix[:-1]] = list(node) if isinstance(node, tuple) else node
+
+        walk("", copy.deepcopy(self.model_dump(exclude={"name", "description"})))
+        return out
+
+
+def find_study(study: str) -> Path:
+    """A path, or a name looked up in ./studies and then in the studies shipped with vaebench."""
+    path = Path(study)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError(f"{study}: no such study file")
+        return path
+    for folder in STUDY_DIRS:
+        candidate = folder / f"{study}.yaml"
+        if candidate.is_file():
+            return candidate
+    known = sorted({p.stem for folder in STUDY_DIRS if folder.is_dir() for p in folder.glob("*.yaml")})
+    raise InputError(f"{study}: no such study (known: {', '.join(known) or 'none'})")
+
+
+def load_study(study: str) -> tuple[StudySpec, Path]:
+    """Read and validate a study file; any problem becomes one InputError line."""
+    path = find_study(study)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read ({exc})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: a study file must be a mapping of settings")
+    raw.setdefault("name", path.stem)
+    try:
+        return StudySpec.model_validate(raw), path
+    except ValidationError as exc:
+        raise InputError(f"{path}: {format_validation_error(exc)}") from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """The first problem as `field.path: message` (pydantic's own words, trimmed)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    return f"{loc}: {msg}" if loc else msg

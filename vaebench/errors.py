@@ -1,0 +1,9 @@
+"""The one exception type the CLI turns into a single line and exit code 2."""
+
+
+class InputError(Exception):
+    """Bad input from the user (study file, flag, data folder): message names file and field."""
+
+
+class DivergenceError(RuntimeError):
+    """A trial's loss or metrics became NaN/Inf; the trial fails with this reason."""

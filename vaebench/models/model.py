@@ -1,0 +1,111 @@
+"""VAEModel: the one class that composes an architecture, a likelihood and an objective.
+
+There is no model hierarchy: a new architecture, likelihood or objective is a registry
+entry, and this class only wires them together and exposes the contract in base.py.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import LossRecord
+from .objectives import DETERMINISTIC_OBJECTIVES, OBJECTIVES
+
+
+class VAEModel(nn.Module):
+    """encoder q(z|x), decoder + likelihood p(x|z), prior N(0, I), trained by `objective`."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        likelihood: nn.Module,
+        *,
+        arch: str,
+        objective: str,
+        likelihood_name: str,
+        latent_dim: int,
+        input_shape: tuple[int, int, int],
+        arch_hparams: dict[str, Any] | None = None,
+        objective_hparams: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.likelihood = likelihood
+        self.arch = arch
+        self.objective = objective
+        self.likelihood_name = likelihood_name
+        self.latent_dim = latent_dim
+        self.input_shape = tuple(input_shape)
+        self.arch_hparams = dict(arch_hparams or {})
+        self.objective_hparams = dict(objective_hparams or {})
+
+    # The contract --------------------------------------------------------------------
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, H, W) -> (mu, logvar) of q(z|x), each (B, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z (B, latent_dim) -> raw parameters of p(x|z), shaped like x."""
+        return self.decoder(z)
+
+    def nll(self, params: Tensor, x: Tensor) -> Tensor:
+        """-log p(x|z) per sample, (B,), nats."""
+        return self.likelihood.nll(params, x)
+
+    def loss(
+        self, x: Tensor, kl_weight: float = 1.0, generator: torch.Generator | None = None
+    ) -> LossRecord:
+        """The objective's LossRecord for batch x; kl_weight is the KL warm-up factor."""
+        return OBJECTIVES[self.objective](
+            self, x, kl_weight=kl_weight, generator=generator, **self.objective_hparams
+        )
+
+    # Pictures ------------------------------------------------------------------------
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x | z = posterior mean], in [0, 1]."""
+        mu, _ = self.encode(x)
+        return self.likelihood.mean(self.decode(mu))
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n images E[x|z], z ~ N(0, I), in [0, 1]. Meaningless for a deterministic `ae`."""
+        ref = next(self.parameters())
+        z = torch.randn(n, self.latent_dim, generator=generator, device=ref.device, dtype=ref.dtype)
+        return self.likelihood.mean(self.decode(z))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """reconstruct(x): gives the module a tensor -> tensor forward for export/tracing."""
+        return self.reconstruct(x)
+
+    # Facts ---------------------------------------------------------------------------
+    @property
+    def is_variational(self) -> bool:
+        """True when the objective has a posterior (and hence KL, ELBO and prior samples)."""
+        return self.objective not in DETERMINISTIC_OBJECTIVES
+
+    @property
+    def n_params(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Everything build() needs to rebuild this model: `build(**model.config)`."""
+        return {
+            "arch": self.arch,
+            "objective": self.objective,
+            "latent_dim": self.latent_dim,
+            "likelihood": self.likelihood_name,
+            "input_shape": self.input_shape,
+            **self.arch_hparams,
+            **self.objective_hparams,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"arch={self.arch}, objective={self.objective}, likelihood={self.likelihood_name}, "
+            f"latent_dim={self.latent_dim}, input_shape={self.input_shape}"
+        )
