@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ def _mnist5k(data_dir: Path | None) -> RawData:
     return RawData(x=(x / 255.0).reshape(-1, 1, 28, 28), y=y)
 
 
-def _check_choice(what: str, value: str, choices) -> None:
+def _check_choice(what: str, value: str, choices: Collection[str]) -> None:
     """ValueError naming the known choices, so the message says how to fix it."""
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; choose one of: {', '.join(sorted(choices))}")

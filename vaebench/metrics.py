@@ -25,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import adjusted_rand_score, confusion_matrix, normalized_mutual_info_score, silhouette_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.distributions import Normal
 
@@ -72,7 +73,10 @@ def clustering_scores(
     """k-means on the latents scored against the labels (nmi, ari, cluster_acc), plus the
     silhouette of the labels themselves. k defaults to the number of distinct labels."""
     k = n_clusters if n_clusters is not None else np.unique(labels).size
-    pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(latents)
+    # One OpenMP thread: latent sets are small, and with busy cores (parallel trials, torch
+    # threads) KMeans' OpenMP barriers made it ~200x slower in measurements.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(latents)
     scores = {name: float(score(labels, pred)) for name, score in PARTITION_SCORES.items()}
     scores["silhouette"] = label_silhouette(latents, labels, seed, silhouette_max)
     return scores
@@ -146,7 +150,8 @@ def _example_seed(seed: int, index: int) -> int:
 
 def _example_noise(seed: int, first: int, k: int, mu: Tensor) -> Tensor:
     """eps (len(mu), k, latent) for examples first, first+1, ..., each from its own seeded
-    generator, so the estimate does not depend on batch size, chunking or device."""
+    CPU generator, so the estimate does not depend on batch size or chunking, and the noise
+    is the same on every device."""
     shape = (k, mu.shape[1])
     eps = [
         torch.randn(shape, generator=torch.Generator().manual_seed(_example_seed(seed, i)), dtype=mu.dtype)

@@ -127,15 +127,14 @@ def train_and_evaluate(
     bad = [k for k, v in scores.items() if k.endswith(("_elbo", "_recon", "_kl")) and not math.isfinite(v)]
     if bad:
         raise DivergenceError(f"non-finite {', '.join(bad)} on the test split")
-    final = history.last | scores | {
+    final = scores | {
         "train_samples_per_s": history.train_samples_per_s,
         "train_seconds": history.train_seconds,
         "n_params": float(model.n_params),
     }
-    final.pop("epoch", None)
-    run.log_metrics(final, step=cfg.train.epochs)
+    run.log_metrics(final, step=cfg.train.epochs)  # the last epoch's val_* are logged already
     _log_pictures(model, ds, run)
-    return final
+    return history.last | final
 
 
 def _log_pictures(model: models.VAEModel, ds: data.Dataset, run: TrialRun) -> None:

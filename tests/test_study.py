@@ -1,0 +1,167 @@
+"""End to end: the CLI runs a real study into real MLflow and Optuna stores in a temp folder.
+
+The smoke study runs once per module as a user would (`python -m vaebench run`, MLflow's
+default store in the current folder); the tests then read what landed.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parent.parent
+REQUIRED_METRICS = {
+    "train_loss", "val_elbo", "val_recon", "val_kl", "test_elbo", "test_recon", "test_kl",
+    "test_nmi", "test_ari", "test_cluster_acc", "test_silhouette", "test_probe_acc",
+    "train_samples_per_s", "eval_samples_per_s", "n_params", "train_seconds",
+}
+
+
+def vaebench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.run([sys.executable, "-m", "vaebench", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = vaebench(cwd, "run", "--study", "smoke", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "leaderboard: results/smoke/leaderboard.csv" in result.stdout
+    return cwd
+
+
+def client_for(cwd: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
+
+
+def runs_of(cwd: Path, study: str = "smoke") -> tuple[object, list]:
+    client = client_for(cwd)
+    exp = client.get_experiment_by_name(study)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("vaebench.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("vaebench.role") == "trial"]
+    return parents, children
+
+
+def test_default_stores_are_in_the_current_folder(smoke: Path) -> None:
+    assert (smoke / "mlflow.db").is_file() and (smoke / "optuna.db").is_file()
+    assert (smoke / "mlruns").is_dir()
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke / 'optuna.db'}")
+    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_one_parent_and_one_nested_child_per_trial(smoke: Path) -> None:
+    parents, children = runs_of(smoke)
+    assert len(parents) == 1 and len(children) == 2
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke / 'optuna.db'}")
+    assert study.user_attrs["mlflow_parent_run_id"] == parent.info.run_id
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED" and child.data.tags["vaebench.state"] == "COMPLETE"
+        number, beta = int(child.data.tags["vaebench.trial_number"]), float(child.data.params["model.beta"])
+        assert child.info.run_name == f"t{number:03d} beta={beta:g}"
+
+
+def test_children_are_comparable_side_by_side(smoke: Path) -> None:
+    _, children = runs_of(smoke)
+    param_keys = [set(c.data.params) for c in children]
+    metric_keys = [set(c.data.metrics) for c in children]
+    assert param_keys[0] == param_keys[1] and metric_keys[0] == metric_keys[1]
+    assert REQUIRED_METRICS <= metric_keys[0]
+    assert {"model.beta", "seed", "dataset.name", "model.arch", "train.lr", "train.epochs"} <= param_keys[0]
+    assert sorted(float(c.data.params["model.beta"]) for c in children) == [1.0, 4.0]
+    for child in children:
+        tags = child.data.tags
+        assert len(tags["vaebench.dataset_fingerprint"]) == 16
+        assert {"vaebench.torch_version", "vaebench.device", "vaebench.seed", "vaebench.trial_number"} <= set(tags)
+
+
+def test_per_epoch_history_and_artifacts(smoke: Path) -> None:
+    client = client_for(smoke)
+    _, children = runs_of(smoke)
+    epochs = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())["train"]["epochs"]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_elbo")
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"reconstructions.png", "samples.png"} <= artifacts
+
+
+def test_leaderboard_equals_the_tracked_metrics(smoke: Path) -> None:
+    board = pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv")
+    assert list(board["rank"]) == [1, 2]
+    assert board["val_elbo"].is_monotonic_decreasing  # maximised objective, best first
+    _, children = runs_of(smoke)
+    by_id = {c.info.run_id: c for c in children}
+    for _, row in board.iterrows():
+        tracked = by_id[row["run_id"]].data.metrics
+        for name in REQUIRED_METRICS:
+            assert row[name] == pytest.approx(tracked[name], rel=1e-12), name
+
+
+def test_leaderboard_command_rebuilds_the_same_csv(smoke: Path) -> None:
+    out = smoke / "again.csv"
+    result = vaebench(smoke, "leaderboard", "--study", "smoke", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert pd.read_csv(out).equals(pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv"))
+
+
+def test_running_again_adds_no_trials(smoke: Path) -> None:
+    result = vaebench(smoke, "run", "--study", "smoke", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    parents, children = runs_of(smoke)
+    assert len(parents) == 1 and len(children) == 2
+
+
+def test_interrupted_study_resumes_to_its_total(tmp_path: Path) -> None:
+    spec = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    spec["name"] = "resume"
+    spec["train"]["epochs"] = 1
+    spec["search"] = {"sampler": "random", "n_trials": 3, "objective": "val_elbo",
+                      "space": {"model.beta": {"low": 0.5, "high": 4.0}}}
+    (tmp_path / "resume.yaml").write_text(yaml.safe_dump(spec))
+    first = vaebench(tmp_path, "run", "--study", "resume.yaml", "--trials", "2", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    second = vaebench(tmp_path, "run", "--study", "resume.yaml", "--no-progress")
+    assert second.returncode == 0, second.stderr
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    parents, children = runs_of(tmp_path, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(int(c.data.tags["vaebench.trial_number"]) for c in children) == [0, 1, 2]
+
+
+def test_bad_study_file_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    spec = yaml.safe_load((REPO / "studies" / "smoke.yaml").read_text())
+    spec["model"]["latnt_dim"] = 3
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    result = vaebench(tmp_path, "run", "--study", "bad.yaml")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "vaebench: error: bad.yaml: model.latnt_dim: unknown setting"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_bad_flag_exits_2(tmp_path: Path) -> None:
+    result = vaebench(tmp_path, "run", "--study", "smoke", "--trials", "zero")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_shows_registries_and_studies(tmp_path: Path) -> None:
+    result = vaebench(tmp_path, "list")
+    assert result.returncode == 0
+    for name in ("mlp", "conv", "tutorial_mlp", "ae", "vae", "beta_vae", "bernoulli", "gaussian",
+                 "digits", "mnist5k", "beta_sweep", "smoke"):
+        assert name in result.stdout
