@@ -121,7 +121,7 @@ def test_dynamic_binarization_keeps_train_gray_and_fixes_held_out():
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(ValueError, match="digits, mnist5k"):
+    with pytest.raises(ValueError, match="digits, dsprites, mnist5k"):
         data.load("nope")
     with pytest.raises(ValueError, match="dynamic, none, static"):
         data.load("digits", binarize="sometimes")

@@ -203,6 +203,25 @@ def test_iwae_does_not_depend_on_batching_or_sample_chunks():
     assert not torch.equal(metrics.iwae_log_likelihood(model, x, 100, seed=4), reference)
 
 
+def test_kl_per_dim_sums_to_the_mean_kl():
+    model = LinearGaussian(shift=0.3, var_scale=1.8)
+    x = model_data(model, 60)
+    per_dim = metrics.kl_per_dim(model, x, batch_size=7)
+    assert per_dim.shape == (3,) and per_dim.dtype == np.float64 and (per_dim > 0).all()
+    assert per_dim.sum() == pytest.approx(metrics.elbo_terms(model, x)["kl"].mean(), rel=1e-12)
+    with pytest.raises(ValueError):
+        metrics.kl_per_dim(LinearGaussian(variational=False), x)
+
+
+def test_active_units_counts_dims_whose_mean_varies():
+    model = LinearGaussian(latent_dim=3)
+    with torch.no_grad():
+        model.enc_weight[1:] *= 0.01  # means of dims 1, 2 now vary ~1e-4 across x: inactive
+    x = model_data(model, 200)
+    assert metrics.active_units(model, x, batch_size=16) == 1
+    assert metrics.active_units(model, x, threshold=0.0) == 3
+
+
 def test_iwae_needs_a_posterior_and_k_at_least_1():
     x = torch.zeros(2, 1, 4, 4)
     with pytest.raises(ValueError):
@@ -224,12 +243,13 @@ def test_evaluate_key_set_for_a_vae():
     ds = data.load("digits")
     model = LinearGaussian(input_shape=ds.input_shape, latent_dim=4).train()
     scores = metrics.evaluate(model, ds, split="val", iwae_k=5)
-    assert set(scores) == keys("val", LATENT_KEYS | {"recon", "kl", "elbo", "iwae_ll"})
+    assert set(scores) == keys("val", LATENT_KEYS | {"recon", "kl", "elbo", "iwae_ll", "active_units"})
     assert all(isinstance(v, float) and math.isfinite(v) for v in scores.values())
     assert scores["val_elbo"] == pytest.approx(-(scores["val_recon"] + scores["val_kl"]))
     assert scores["val_elbo"] <= scores["val_iwae_ll"] + 1.0
     assert model.training
-    assert set(metrics.evaluate(model, ds)) == keys("test", LATENT_KEYS | {"recon", "kl", "elbo"})
+    assert set(metrics.evaluate(model, ds)) == keys("test", LATENT_KEYS | {"recon", "kl", "elbo", "active_units"})
+    assert scores["val_active_units"] == 4.0  # the exact PPCA posterior: every mean varies
 
 
 def test_evaluate_omits_elbo_and_kl_for_an_autoencoder():

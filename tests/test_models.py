@@ -231,7 +231,7 @@ BASE = dict(arch="mlp", objective="vae", latent_dim=2, likelihood="bernoulli", i
 
 @pytest.mark.parametrize("field,known", [
     ("arch", "conv, mlp, tutorial_mlp"),
-    ("objective", "ae, beta_vae, vae"),
+    ("objective", "ae, annealed_vae, beta_tcvae, beta_vae, iwae, vae"),
     ("likelihood", "bernoulli, gaussian"),
 ])
 def test_build_rejects_unknown_names_listing_known_ones(field, known):
@@ -256,7 +256,7 @@ def test_build_rejects_bad_latent_dim(latent_dim):
 
 def test_introspection_and_config_roundtrip():
     assert models.describe() == {"architectures": ["conv", "mlp", "tutorial_mlp"],
-                                 "objectives": ["ae", "beta_vae", "vae"],
+                                 "objectives": ["ae", "annealed_vae", "beta_tcvae", "beta_vae", "iwae", "vae"],
                                  "likelihoods": ["bernoulli", "gaussian"]}
     assert models.objective_hparams("beta_vae") == {"beta": 1.0}
     assert models.objective_hparams("vae") == {} == models.objective_hparams("ae")

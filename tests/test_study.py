@@ -5,9 +5,6 @@ default store in the current folder); the tests then read what landed.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -16,28 +13,12 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO, vaebench
 REQUIRED_METRICS = {
     "train_loss", "val_elbo", "val_recon", "val_kl", "test_elbo", "test_recon", "test_kl",
     "test_nmi", "test_ari", "test_cluster_acc", "test_silhouette", "test_probe_acc",
     "train_samples_per_s", "eval_samples_per_s", "n_params", "train_seconds",
 }
-
-
-def vaebench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "vaebench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cwd = tmp_path_factory.mktemp("smoke")
-    result = vaebench(cwd, "run", "--study", "smoke", "--no-progress")
-    assert result.returncode == 0, result.stderr
-    assert "leaderboard: results/smoke/leaderboard.csv" in result.stdout
-    return cwd
 
 
 def client_for(cwd: Path) -> MlflowClient:
@@ -57,12 +38,12 @@ def test_default_stores_are_in_the_current_folder(smoke: Path) -> None:
     assert (smoke / "mlflow.db").is_file() and (smoke / "optuna.db").is_file()
     assert (smoke / "mlruns").is_dir()
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke / 'optuna.db'}")
-    assert len(study.trials) == 2 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
 def test_one_parent_and_one_nested_child_per_trial(smoke: Path) -> None:
     parents, children = runs_of(smoke)
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{smoke / 'optuna.db'}")
@@ -71,17 +52,18 @@ def test_one_parent_and_one_nested_child_per_trial(smoke: Path) -> None:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert child.info.status == "FINISHED" and child.data.tags["vaebench.state"] == "COMPLETE"
         number, beta = int(child.data.tags["vaebench.trial_number"]), float(child.data.params["model.beta"])
-        assert child.info.run_name == f"t{number:03d} beta={beta:g}"
+        assert child.info.run_name == f"t{number:03d} beta={beta:g} seed={child.data.params['seed']}"
 
 
 def test_children_are_comparable_side_by_side(smoke: Path) -> None:
     _, children = runs_of(smoke)
     param_keys = [set(c.data.params) for c in children]
     metric_keys = [set(c.data.metrics) for c in children]
-    assert param_keys[0] == param_keys[1] and metric_keys[0] == metric_keys[1]
+    assert all(k == param_keys[0] for k in param_keys) and all(k == metric_keys[0] for k in metric_keys)
     assert REQUIRED_METRICS <= metric_keys[0]
     assert {"model.beta", "seed", "dataset.name", "model.arch", "train.lr", "train.epochs"} <= param_keys[0]
-    assert sorted(float(c.data.params["model.beta"]) for c in children) == [1.0, 4.0]
+    assert sorted((float(c.data.params["model.beta"]), c.data.params["seed"]) for c in children) == [
+        (1.0, "0"), (1.0, "1"), (4.0, "0"), (4.0, "1")]
     for child in children:
         tags = child.data.tags
         assert len(tags["vaebench.dataset_fingerprint"]) == 16
@@ -96,33 +78,62 @@ def test_per_epoch_history_and_artifacts(smoke: Path) -> None:
         history = client.get_metric_history(child.info.run_id, "val_elbo")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"reconstructions.png", "samples.png"} <= artifacts
+        assert {"reconstructions.png", "samples.png", "latent_pca.png", "traversals.png", "kl_per_dim.png",
+                "kl_per_dim.csv"} <= artifacts
+        model_uri = child.data.tags["vaebench.model_uri"]
+        assert model_uri.startswith("models:/")
 
 
-def test_leaderboard_equals_the_tracked_metrics(smoke: Path) -> None:
-    board = pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv")
-    assert list(board["rank"]) == [1, 2]
+def test_trials_csv_equals_the_tracked_metrics(smoke: Path) -> None:
+    board = pd.read_csv(smoke / "results" / "smoke" / "trials.csv")
+    assert list(board["rank"]) == [1, 2, 3, 4]
     assert board["val_elbo"].is_monotonic_decreasing  # maximised objective, best first
     _, children = runs_of(smoke)
     by_id = {c.info.run_id: c for c in children}
+    assert set(board["run_id"]) == set(by_id)
     for _, row in board.iterrows():
         tracked = by_id[row["run_id"]].data.metrics
         for name in REQUIRED_METRICS:
             assert row[name] == pytest.approx(tracked[name], rel=1e-12), name
 
 
-def test_leaderboard_command_rebuilds_the_same_csv(smoke: Path) -> None:
-    out = smoke / "again.csv"
-    result = vaebench(smoke, "leaderboard", "--study", "smoke", "--out", str(out))
-    assert result.returncode == 0, result.stderr
-    assert pd.read_csv(out).equals(pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv"))
+def test_leaderboard_groups_seeds_per_configuration(smoke: Path) -> None:
+    board = pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv")
+    trials = pd.read_csv(smoke / "results" / "smoke" / "trials.csv")
+    assert list(board["rank"]) == [1, 2] and list(board["n_seeds"]) == [2, 2]
+    assert sorted(board["config"]) == ["beta=1", "beta=4"]
+    assert board["val_elbo_mean"].is_monotonic_decreasing
+    for _, row in board.iterrows():
+        mine = trials[trials["param.model.beta"] == row["param.model.beta"]]
+        assert row["test_elbo_mean"] == pytest.approx(mine["test_elbo"].mean(), rel=1e-12)
+        assert row["test_elbo_std"] == pytest.approx(mine["test_elbo"].std(ddof=1), rel=1e-12)
+        assert row["test_elbo_n"] == 2
+
+
+def test_leaderboard_command_rebuilds_the_same_csvs(smoke: Path) -> None:
+    for extra, name in (((), "leaderboard.csv"), (("--per-trial",), "trials.csv")):
+        out = smoke / f"again-{name}"
+        result = vaebench(smoke, "leaderboard", "--study", "smoke", "--out", str(out), *extra)
+        assert result.returncode == 0, result.stderr
+        assert pd.read_csv(out).equals(pd.read_csv(smoke / "results" / "smoke" / name))
+
+
+def test_tensorboard_event_files(smoke: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = sorted((smoke / "tb" / "smoke").iterdir())
+    assert len(runs) == 4
+    events = EventAccumulator(str(runs[0])).Reload()
+    assert {"val_elbo", "train_loss", "test_elbo"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("val_elbo")] == [1, 2]
+    assert {"reconstructions", "samples"} <= set(events.Tags()["images"])
 
 
 def test_running_again_adds_no_trials(smoke: Path) -> None:
     result = vaebench(smoke, "run", "--study", "smoke", "--no-progress")
     assert result.returncode == 0, result.stderr
     parents, children = runs_of(smoke)
-    assert len(parents) == 1 and len(children) == 2
+    assert len(parents) == 1 and len(children) == 4
 
 
 def test_interrupted_study_resumes_to_its_total(tmp_path: Path) -> None:

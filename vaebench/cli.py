@@ -1,4 +1,4 @@
-"""`python -m vaebench` / `vaebench`: run, list, leaderboard, ui.
+"""`python -m vaebench` / `vaebench`: run, list, leaderboard, report, ui.
 
 A thin shell over config, search, report. Heavy libraries (torch, MLflow, Optuna) are
 imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None, help="auto | cpu | cuda | mps (overrides the study file)")
     run.add_argument("--data-dir", default=os.environ.get("VAEBENCH_DATA"), help="folder of local datasets")
     run.add_argument("--results", default="results", help="folder for reports (default ./results)")
+    run.add_argument("--tensorboard", default=None, metavar="DIR",
+                     help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
@@ -47,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="CSV leaderboard of a study, read back from MLflow")
     _add_common(board)
     board.add_argument("--out", default=None, help="CSV path (default results/<study>/leaderboard.csv)")
+    board.add_argument("--per-trial", action="store_true",
+                       help="one row per trial instead of one per configuration (mean/std/CI over seeds)")
+
+    rep = sub.add_parser("report", help="rebuild results/<study>/ (leaderboard, report.md, figures) from MLflow")
+    _add_common(rep)
+    rep.add_argument("--results", default="results", help="folder for reports (default ./results)")
 
     ui = sub.add_parser("ui", help="start the MLflow UI on this folder's runs")
     ui.add_argument("--tracking-uri", default=None)
@@ -73,31 +81,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     from vaebench import report, search, tracking
     from vaebench.progress import ProgressBar
 
+    if args.tensorboard and not tracking.tensorboard_available():
+        raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+
     tracking.quiet()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     total = args.trials or spec.search.total_trials
     with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
         result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                   study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
-                                  data_dir=args.data_dir)
-    out = Path(args.results) / spec.name / "leaderboard.csv"
+                                  data_dir=args.data_dir, tensorboard_dir=args.tensorboard)
     print(f"study {spec.name}: {result.finished}/{result.total} trials finished "
           f"(Optuna storage {args.storage}, study '{spec.name}')")
     print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking_uri}"
           f"  -> `mlflow ui` in this folder")
-    try:
-        board = report.leaderboard(tracking_uri, spec.name)
-    except InputError:
-        board = None
-    if board is not None:
-        report.write_csv(board, out)
-        print(f"leaderboard: {out}")
     for number, reason in sorted(result.failures.items()):
         print(f"trial {number} failed: {reason}", file=sys.stderr)
-    if board is None:
+    try:
+        folder = report.write_report(tracking_uri, spec.name, Path(args.results))
+    except InputError:
         reasons = sorted(set(result.failures.values()))
         print(f"no trial finished ({'; '.join(reasons) or 'no trials ran'})", file=sys.stderr)
         return 1
+    print(f"leaderboard: {folder / 'leaderboard.csv'}\nreport: {folder / 'report.md'}")
     return 0
 
 
@@ -117,10 +123,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
 
     tracking.quiet()
-    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study)
+    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study, args.per_trial)
     out = Path(args.out) if args.out else Path("results") / args.study / "leaderboard.csv"
     report.write_csv(board, out)
-    print(f"{len(board)} trials -> {out}")
+    print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from vaebench import report, tracking
+
+    tracking.quiet()
+    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), args.study, Path(args.results))
+    print(f"report: {folder / 'report.md'}")
     return 0
 
 
@@ -134,7 +149,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

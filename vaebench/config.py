@@ -47,6 +47,11 @@ class ModelSpec(_Strict):
     latent_dim: int = Field(10, ge=1)
     likelihood: str = "bernoulli"
     beta: float | None = Field(None, ge=0)
+    alpha: float | None = Field(None, ge=0, description="beta_tcvae: weight of the index-code MI")
+    gamma: float | None = Field(None, ge=0, description="beta_tcvae: dim-wise KL weight; annealed_vae: |KL - C| weight")
+    c_max: float | None = Field(None, ge=0, description="annealed_vae: final capacity C in nats")
+    c_steps: int | None = Field(None, ge=1, description="annealed_vae: steps over which C rises from 0 to c_max")
+    k: int | None = Field(None, ge=1, description="iwae: importance samples per example in training")
     hidden: tuple[int, ...] | None = None
     channels: tuple[int, ...] | None = None
 

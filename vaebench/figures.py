@@ -1,15 +1,39 @@
-"""Pictures of one trained model: PNG files made with torchvision's image grids."""
+"""Pictures of trained models and of studies: one file per call, its Path returned.
+
+Image grids of one model use torchvision's `save_image`; charts over arrays (latent codes,
+KL per dimension, a sweep's metrics) draw on a bare `matplotlib.figure.Figure`, with no
+pyplot state and no backend switch, so they are safe in threads and leave a notebook's
+settings alone. Only `optuna_figures` goes through pyplot, because Optuna's matplotlib
+plots do; its style changes are kept inside an `rc_context`. Likelihood numbers are nats
+per example, as everywhere in vaebench.
+"""
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import matplotlib
+import numpy as np
+import optuna
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
+from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from sklearn.decomposition import PCA
 from torchvision.utils import save_image
 
+from vaebench.metrics import inference, model_device
 from vaebench.models import VAEModel
 
 MIN_SIDE = 28  # small images (8x8 digits) are upscaled so a grid is readable
+PAD = 2  # pixels between the tiles of an image grid
+DPI = 130
+NATS = "nats"
 
 
 def _readable(images: torch.Tensor) -> torch.Tensor:
@@ -19,14 +43,31 @@ def _readable(images: torch.Tensor) -> torch.Tensor:
     return F.interpolate(images, scale_factor=-(-MIN_SIDE // side), mode="nearest")
 
 
+def _save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:
+    """Tiles `images` (B, C, H, W) in [0, 1], `nrow` per row, on a grey background."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(_readable(images.cpu()), path, nrow=nrow, padding=PAD, pad_value=0.5)
+    return path
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """Writes a pyplot-free figure; nothing to close, it is garbage once this returns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+# --- one model: image grids ---------------------------------------------------------------
+
+
 @torch.no_grad()
 def reconstructions(model: VAEModel, x: torch.Tensor, path: Path, n: int = 16) -> Path:
     """Originals in the first row, their reconstructions (posterior mean) below."""
     model.eval()
     x = x[:n].to(next(model.parameters()).device)
-    grid = torch.cat([x, model.reconstruct(x)]).cpu()
-    save_image(_readable(grid), path, nrow=x.shape[0], padding=2, pad_value=0.5)
-    return path
+    return _save_grid(torch.cat([x, model.reconstruct(x)]), path, nrow=x.shape[0])
 
 
 @torch.no_grad()
@@ -34,5 +75,338 @@ def samples(model: VAEModel, path: Path, n: int = 64, seed: int = 0) -> Path:
     """Decoded draws from the prior N(0, I), as the decoder's mean image."""
     model.eval()
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    save_image(_readable(model.sample(n, generator=gen).cpu()), path, nrow=8, padding=2, pad_value=0.5)
-    return path
+    return _save_grid(model.sample(n, generator=gen), path, nrow=8)
+
+
+def traversals(model: VAEModel, x0: torch.Tensor, path: Path, span: float = 3.0, steps: int = 11) -> Path:
+    """What each latent dimension controls: row d decodes x0's posterior mean with z_d swept.
+
+    Row d (top row = dimension 0) holds the mean images for z_d = linspace(-span, span,
+    steps), every other coordinate fixed at mu(x0). The sweep is in absolute units, so
+    ±3 covers the N(0, I) prior; a collapsed dimension gives a row of identical images.
+    For a deterministic `ae` the code is not prior-scaled and the span is arbitrary.
+    """
+    x0 = x0 if x0.dim() == len(model.input_shape) + 1 else x0.unsqueeze(0)
+    dims = model.latent_dim
+    with inference(model):
+        mu, _ = model.encode(x0[:1].to(model_device(model)))
+        z = mu.repeat(dims * steps, 1)
+        sweep = torch.linspace(-span, span, steps, device=z.device, dtype=z.dtype)
+        for d in range(dims):
+            z[d * steps : (d + 1) * steps, d] = sweep
+        images = model.likelihood.mean(model.decode(z))
+    return _save_grid(images, path, nrow=steps)
+
+
+# --- charts over arrays -----------------------------------------------------------------
+
+
+def _discrete_cmap(n: int) -> ListedColormap:
+    """n clearly distinct colours: tab10 / tab20 where they suffice, else turbo sampled evenly."""
+    if n <= 10:
+        colours = matplotlib.colormaps["tab10"].colors[:n]
+    elif n <= 20:
+        colours = matplotlib.colormaps["tab20"].colors[:n]
+    else:
+        colours = matplotlib.colormaps["turbo"](np.linspace(0.05, 0.95, n))
+    return ListedColormap(colours)
+
+
+def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0) -> Path:
+    """Do classes separate in the latent space? Posterior means projected on 2 principal axes.
+
+    Points are coloured by label (legend of class ids up to 20 classes, a discrete colorbar
+    beyond) and drawn in a shuffled order so no class hides under another. A 1-D latent is
+    drawn against a zero axis, jittered vertically so overlapping points stay visible;
+    rows with a non-finite coordinate are dropped.
+    """
+    means = np.asarray(means, dtype=float)
+    means = means.reshape(len(means), -1)
+    labels = np.asarray(labels)
+    keep = np.isfinite(means).all(axis=1)
+    means, labels = means[keep], labels[keep]
+    rng = np.random.default_rng(seed)
+    projected = means.shape[1] >= 2 and len(means) >= 2
+    if projected:
+        pca = PCA(n_components=2, random_state=seed)
+        xy = pca.fit_transform(means)
+        ratio = pca.explained_variance_ratio_
+        xlabel = f"PC 1 ({100 * ratio[0]:.1f}% of variance)"
+        ylabel = f"PC 2 ({100 * ratio[1]:.1f}% of variance)"
+    else:
+        jitter = rng.uniform(-0.4, 0.4, len(means))
+        xy = np.column_stack([means[:, 0] if means.shape[1] else np.zeros(len(means)), jitter])
+        xlabel, ylabel = "z (posterior mean)", "zero axis (jitter only)"
+
+    classes, index = np.unique(labels, return_inverse=True)
+    cmap = _discrete_cmap(max(len(classes), 1))
+    norm = BoundaryNorm(np.arange(len(classes) + 1) - 0.5, cmap.N)
+    order = rng.permutation(len(xy))
+
+    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = fig.add_subplot()
+    points = ax.scatter(
+        xy[order, 0], xy[order, 1], c=index[order], cmap=cmap, norm=norm, s=10, alpha=0.75, linewidths=0
+    )
+    if len(classes) <= 20:
+        handles = [
+            Line2D([], [], marker="o", linestyle="", color=cmap(i), label=str(c)) for i, c in enumerate(classes)
+        ]
+        ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    else:
+        ticks = np.arange(0, len(classes), -(-len(classes) // 30))  # at most 30 tick labels
+        bar = fig.colorbar(points, ax=ax, ticks=ticks)
+        bar.ax.set_yticklabels([str(classes[i]) for i in ticks])
+        bar.set_label("label")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if not projected:
+        ax.set_yticks([])
+        ax.set_ylim(-1, 1)
+    method = "PCA" if projected else "no projection"
+    ax.set_title(f"Posterior means, {method} ({len(xy)} examples, {means.shape[1]}-D latent)")
+    return _save(fig, path)
+
+
+def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Path:
+    """Which latent dimensions are used: mean KL(q(z_d|x) || p(z_d)) per dimension.
+
+    Bars are in index order (dimension 0 first, as the rows of `traversals`). `kl` is
+    either the per-dimension means (D,) or per-example values (N, D), averaged here. With
+    `threshold` a dashed line marks the active-unit cut and the title counts the dims above it.
+    """
+    kl = np.asarray(kl, dtype=float)
+    if kl.ndim == 2:
+        kl = np.nanmean(kl, axis=0)
+    dims = np.arange(len(kl))
+
+    fig = Figure(figsize=(max(4.8, min(12.0, 0.35 * len(kl) + 2.0)), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(dims, kl, color="tab:blue", width=0.8)
+    title = f"KL per latent dimension (index order), total {np.nansum(kl):.2f} {NATS}"
+    if threshold is not None:
+        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1)
+        title += f"\n{int(np.sum(kl > threshold))} of {len(kl)} dimensions above {threshold:g} {NATS} (dashed line)"
+    ax.set_xlabel("latent dimension")
+    ax.set_ylabel(f"mean KL [{NATS}]")
+    ax.set_xlim(-0.6, len(kl) - 0.4)
+    if len(kl) <= 32:
+        ax.set_xticks(dims)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def _colour_norm(values: np.ndarray, log: bool) -> Normalize:
+    """LogNorm for a positive range when asked (β spans decades), else a linear norm."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if log and lo > 0 and hi > lo:
+        return LogNorm(lo, hi)
+    return Normalize(lo, hi if hi > lo else lo + 1.0)
+
+
+def _padded(values: np.ndarray, fallback: float, fraction: float = 0.08) -> tuple[float, float]:
+    """Axis limits around `values` with a margin, `fallback` when they are all equal."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    pad = (hi - lo) * fraction or fallback
+    return lo - pad, hi + pad
+
+
+def _elbo_label(level: float) -> str:
+    return f"ELBO = {-level:g}".replace("-", "\N{MINUS SIGN}")
+
+
+def rate_distortion(
+    rate: np.ndarray,
+    distortion: np.ndarray,
+    colour: np.ndarray,
+    colour_label: str,
+    path: Path,
+    log_colour: bool = True,
+) -> Path:
+    """The rate-distortion plane of a sweep (e.g. over β): one point per trial.
+
+    x = rate = KL (nats), y = distortion = -log p(x|z) (nats); colour is the swept value,
+    log-scaled when positive and `log_colour`. Dashed lines are iso-ELBO lines, rate +
+    distortion = -ELBO = const, at round levels: points on the same line have the same ELBO
+    and trade rate for distortion. Rows with a non-finite value are dropped.
+    """
+    rate, distortion, colour = (np.asarray(a, dtype=float).ravel() for a in (rate, distortion, colour))
+    keep = np.isfinite(rate) & np.isfinite(distortion) & np.isfinite(colour)
+    rate, distortion, colour = rate[keep], distortion[keep], colour[keep]
+
+    fig = Figure(figsize=(6.4, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlabel(f"rate: KL(q(z|x) \u2016 p(z)) [{NATS}]")
+    ax.set_ylabel(f"distortion: \u2212log p(x|z) [{NATS}]")
+    ax.set_title(f"Rate\u2013distortion ({len(rate)} trial{'' if len(rate) == 1 else 's'})")
+    if len(rate) == 0:
+        ax.text(0.5, 0.5, "no trial with finite rate and distortion", ha="center", va="center", transform=ax.transAxes)
+        return _save(fig, path)
+
+    # Equal fallback margins keep iso-ELBO lines at a readable slope when a range is empty.
+    fallback = max(0.1 * float(np.max(np.abs(np.concatenate([rate, distortion])))), 1.0)
+    (x0, x1), (y0, y1) = _padded(rate, fallback), _padded(distortion, fallback)
+    grid_x, grid_y = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
+    levels = [v for v in MaxNLocator(nbins=5).tick_values(x0 + y0, x1 + y1) if x0 + y0 < v < x1 + y1]
+    if levels:
+        lines = ax.contour(
+            grid_x, grid_y, grid_x + grid_y, levels=levels, colors="0.55", linestyles="dashed", linewidths=0.9
+        )
+        ax.clabel(lines, fmt=_elbo_label, fontsize=8, inline=True)
+    points = ax.scatter(
+        rate, distortion, c=colour, cmap="viridis", norm=_colour_norm(colour, log_colour),
+        s=42, edgecolors="black", linewidths=0.5, zorder=3,
+    )
+    fig.colorbar(points, ax=ax).set_label(colour_label)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    return _save(fig, path)
+
+
+def _unit(metric: str) -> str:
+    """The unit of a vaebench metric name, for a y label ('' when unitless)."""
+    if metric.endswith("_per_s"):
+        return "samples / s"
+    if metric.split("_")[-1] in {"elbo", "recon", "kl", "nll", "iwae", "loss", "ll", "rate", "distortion"}:
+        return NATS
+    return ""
+
+
+def _positions(x: np.ndarray) -> tuple[np.ndarray, list[str] | None, np.ndarray]:
+    """(positions, tick labels or None, order): numeric x sorted, anything else categorical in given order."""
+    try:
+        values = np.asarray(x, dtype=float)
+    except (TypeError, ValueError):
+        return np.arange(len(x), dtype=float), [str(v) for v in x], np.arange(len(x))
+    order = np.argsort(values, kind="stable")
+    return values[order], None, order
+
+
+def metrics_vs_param(
+    x: np.ndarray,
+    means: Mapping[str, np.ndarray],
+    ci: Mapping[str, np.ndarray],
+    param_label: str,
+    path: Path,
+    log_x: bool = False,
+) -> Path:
+    """How each metric moves with a swept parameter: one small panel per metric.
+
+    Each panel shows the mean over seeds with a ±CI error bar (a missing or NaN CI draws the
+    point without a bar). Numeric x is sorted; any other x (e.g. objective names) is drawn
+    at categorical positions in the given order. `ci` holds half-widths.
+    """
+    x = np.asarray(x)
+    pos, ticks, order = _positions(x)
+    names = list(means)
+    ncols = min(3, max(len(names), 1))
+    nrows = max(math.ceil(len(names) / ncols), 1)
+    fig = Figure(figsize=(3.7 * ncols, 2.9 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        mean = np.asarray(means[name], dtype=float)[order]
+        half = np.asarray(ci.get(name, np.full(len(x), np.nan)), dtype=float)[order]
+        ax.plot(pos, mean, marker="o", markersize=4, color="tab:blue", linestyle="-" if ticks is None else "none")
+        bars = np.isfinite(half) & np.isfinite(mean)
+        if bars.any():
+            ax.errorbar(pos[bars], mean[bars], yerr=half[bars], fmt="none", ecolor="tab:blue", capsize=3, linewidth=1)
+        ax.set_title(name, fontsize=10)
+        ax.set_ylabel(_unit(name))
+        ax.set_xlabel(param_label)
+        if ticks is not None:
+            ax.set_xticks(pos, ticks, rotation=30 if max(map(len, ticks), default=0) > 6 else 0)
+            ax.set_xlim(-0.5, len(ticks) - 0.5)
+        elif log_x and np.all(pos > 0):
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"Metrics against {param_label} (mean \u00b1 CI)")
+    return _save(fig, path)
+
+
+# --- Optuna study ---------------------------------------------------------------------------
+
+
+def _optuna_target(study: optuna.Study, name: str | None) -> tuple[Callable | None, str]:
+    """(target, name) for Optuna's plots: the first objective of a multi-objective study."""
+    names = study.metric_names
+    name = name or (names[0] if names else "objective value")
+    if len(study.directions) > 1:
+        return (lambda t: t.values[0]), name
+    return None, name
+
+
+def _importances_computable(study: optuna.Study, target: Callable | None) -> bool:
+    """True when importances mean something: >= 2 finite completed trials, a parameter that varied."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if all(math.isfinite(v) for v in t.values)
+    ]
+    if len(trials) < 2:
+        return False
+    names = {name for t in trials for name in t.params}
+    if not any(len({repr(t.params.get(name)) for t in trials}) > 1 for name in names):
+        return False
+    try:
+        return bool(optuna.importance.get_param_importances(study, target=target))
+    except (ValueError, RuntimeError) as err:
+        warnings.warn(f"parameter importances not computed: {err}", stacklevel=3)
+        return False
+
+
+def _optuna_pair(stem: str, plot: Callable[[object], object], folder: Path, integer_x: bool = False) -> list[Path]:
+    """`stem`.png with Optuna's matplotlib backend and `stem`.html with its plotly one."""
+    import matplotlib.pyplot as plt  # Optuna draws with pyplot; keep its style inside rc_context
+
+    png, html = folder / f"{stem}.png", folder / f"{stem}.html"
+    with warnings.catch_warnings(), matplotlib.rc_context(), plt.ioff():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax: Axes = plot(optuna.visualization.matplotlib)
+        if integer_x:  # trial numbers; widen a one-trial axis so whole numbers fit
+            lo, hi = ax.get_xlim()
+            if hi - lo < 2:
+                ax.set_xlim((lo + hi) / 2 - 1, (lo + hi) / 2 + 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        try:
+            ax.figure.savefig(png, dpi=DPI, bbox_inches="tight")
+        finally:
+            plt.close(ax.figure)
+    written = [png]
+    try:
+        plot(optuna.visualization).write_html(html, include_plotlyjs="cdn")  # ~10 kB, not 4.8 MB: reports are committed
+        written.append(html)
+    except ImportError as err:
+        warnings.warn(f"{html.name} not written: {err}", stacklevel=3)
+    return written
+
+
+def optuna_figures(study: optuna.Study, folder: Path, objective_name: str | None = None) -> list[Path]:
+    """A study at a glance: optimization history and parameter importances, as PNG and HTML.
+
+    PNGs come from optuna.visualization.matplotlib, HTML (interactive, self-contained, about
+    5 MB each since plotly.js is inlined) from optuna.visualization. Importances are skipped
+    unless at least 2 trials completed and some parameter took more than one value. A
+    multi-objective study is plotted for its first objective. `objective_name` (e.g.
+    "val_elbo") labels the value axis, else the study's metric name. Returns the paths written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target, name = _optuna_target(study, objective_name)
+    written = _optuna_pair(
+        "optimization_history",
+        lambda vis: vis.plot_optimization_history(study, target=target, target_name=name),
+        folder,
+        integer_x=True,
+    )
+    if _importances_computable(study, target):
+        written += _optuna_pair(
+            "param_importances",
+            lambda vis: vis.plot_param_importances(study, target=target, target_name=name),
+            folder,
+        )
+    return written
+

@@ -1,22 +1,59 @@
-"""Leaderboards, read back from what was tracked in MLflow (never from memory or the YAML).
+"""Leaderboards and reports, rebuilt from what was tracked in MLflow alone (no retraining).
 
-The study's latest parent run names the objective and its direction in its tags; its child
-runs are the trials. Columns: rank, trial, run_name, run_id, state, the resolved config as
-dotted param keys, then the metrics. A metric a run lacks is empty, never 0.
+The study's latest parent run names the objective, its direction and the search space; its
+child runs are the trials. A configuration is a trial's params with `seed` left out, so a
+leaderboard row carries mean, standard deviation, n and a 95% Student-t confidence interval
+over seeds. A metric a run lacks stays empty, never 0.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
+from scipy import stats
 
 from vaebench import tracking as tk
 from vaebench.errors import InputError
 
-ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
+TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
+CONFIG_ID_COLUMNS = ["rank", "config", "n_seeds", "seeds", "trials"]
+HEADLINE = ["test_elbo", "test_recon", "test_kl", "test_nmi", "test_probe_acc", "train_samples_per_s"]
+STATS = ("mean", "std", "ci95", "n")
+BEST_RUN_PICTURES = ("reconstructions.png", "samples.png", "latent_pca.png", "traversals.png", "kl_per_dim.png")
+
+
+@dataclass
+class StudyRecord:
+    """Everything tracked about one study: its trials as a table, and how it was searched."""
+
+    study: str
+    tracking_uri: str
+    parent: Any  # mlflow.entities.Run
+    trials: pd.DataFrame
+    objective: str
+    direction: str
+    space: dict[str, Any]
+
+    @property
+    def swept(self) -> list[str]:
+        """Searched keys other than `seed`: what distinguishes one configuration from another."""
+        return [k for k in self.space if k != "seed"]
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        if self.trials.empty:
+            return self.trials
+        return self.trials[self.trials["state"] == "COMPLETE"]
 
 
 def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
@@ -29,25 +66,22 @@ def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) ->
             return runs
 
 
-def study_parent(client: MlflowClient, study: str):
+def study_parent(client: MlflowClient, study: str) -> Any:
     """The most recent parent run of `study`, or an InputError saying what is missing."""
     experiment = client.get_experiment_by_name(study)
     if experiment is None:
         raise InputError(f"--study {study}: no such study in the tracking store {client.tracking_uri}")
-    parents = client.search_runs(
-        [experiment.experiment_id], f"tags.`{tk.ROLE}` = 'study'", order_by=["attributes.start_time DESC"], max_results=1
-    )
+    parents = client.search_runs([experiment.experiment_id], f"tags.`{tk.ROLE}` = 'study'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise InputError(f"--study {study}: the experiment has no study run in {client.tracking_uri}")
     return parents[0]
 
 
-def trial_table(tracking_uri: str, study: str) -> tuple[pd.DataFrame, str, str]:
-    """All child runs of the study's parent, one row each; plus the objective and direction."""
+def load_record(tracking_uri: str, study: str) -> StudyRecord:
+    """Read one study back from MLflow: the parent run and one row per child run."""
     client = MlflowClient(tracking_uri)
     parent = study_parent(client, study)
-    objective = parent.data.tags.get(tk.OBJECTIVE, "val_elbo")
-    direction = parent.data.tags.get(tk.DIRECTION, "maximize")
     runs = _search_all(client, parent.info.experiment_id, f"tags.`{tk.PARENT}` = '{parent.info.run_id}'")
     rows = []
     for run in runs:
@@ -57,24 +91,101 @@ def trial_table(tracking_uri: str, study: str) -> tuple[pd.DataFrame, str, str]:
             "run_name": run.info.run_name,
             "run_id": run.info.run_id,
             "state": tags.get(tk.STATE, run.info.status),
-            **{f"param.{k}": v for k, v in sorted(run.data.params.items())},
-            **dict(sorted(run.data.metrics.items())),
+            **{f"param.{k}": v for k, v in run.data.params.items()},
+            **run.data.metrics,
+            **{f"tag.{k}": v for k, v in tags.items() if k.startswith("vaebench.")},
         })
-    return pd.DataFrame(rows), objective, direction
+    trials = pd.DataFrame(rows)
+    if not trials.empty:
+        trials = trials.sort_values("trial").reset_index(drop=True)
+    space = json.loads(parent.data.params.get("search.space", "{}"))
+    return StudyRecord(study, tracking_uri, parent, trials, parent.data.tags.get(tk.OBJECTIVE, "val_elbo"),
+                       parent.data.tags.get(tk.DIRECTION, "maximize"), space)
 
 
-def leaderboard(tracking_uri: str, study: str) -> pd.DataFrame:
-    """One row per finished (COMPLETE) trial, best first by the study's objective."""
-    table, objective, direction = trial_table(tracking_uri, study)
-    if table.empty or not (table["state"] == "COMPLETE").any():
-        raise InputError(f"--study {study}: no finished trial yet")
-    done = table[table["state"] == "COMPLETE"].copy()
-    done = done.sort_values([objective, "trial"], ascending=[direction == "minimize", True], na_position="last")
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    return sorted(c for c in df.columns
+                  if c not in TRIAL_ID_COLUMNS and not c.startswith(("param.", "tag.")))
+
+
+def _require_finished(record: StudyRecord) -> pd.DataFrame:
+    done = record.finished
+    if done.empty:
+        raise InputError(f"--study {record.study}: no finished trial yet")
+    return done
+
+
+def per_trial(record: StudyRecord) -> pd.DataFrame:
+    """One row per finished trial, best first by the objective (ties: lower trial number)."""
+    done = _require_finished(record).drop(columns=[c for c in record.trials if c.startswith("tag.")])
+    done = done.sort_values([record.objective, "trial"], ascending=[record.direction == "minimize", True],
+                            na_position="last")
     done.insert(0, "rank", range(1, len(done) + 1))
+    metrics = metric_columns(done)
+    metrics.remove(record.objective)
     params = sorted(c for c in done.columns if c.startswith("param."))
-    metrics = sorted(c for c in done.columns if c not in ID_COLUMNS and not c.startswith("param."))
-    metrics.remove(objective)
-    return done[ID_COLUMNS + params + [objective] + metrics].reset_index(drop=True)
+    return done[TRIAL_ID_COLUMNS + params + [record.objective] + metrics].reset_index(drop=True)
+
+
+def ci95(std: np.ndarray | float, n: np.ndarray | float) -> np.ndarray:
+    """Half-width of the two-sided 95% Student-t interval of a mean; NaN where n < 2."""
+    std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
+def aggregate(trials: pd.DataFrame, config_columns: list[str], metrics: list[str]) -> pd.DataFrame:
+    """Per configuration: each metric's mean, std (ddof=1), 95% CI half-width and n (non-missing)."""
+    groups = trials.groupby(config_columns, dropna=False, sort=False) if config_columns else [((), trials)]
+    rows = []
+    for key, group in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = dict(zip(config_columns, key))
+        seeds = sorted(group["param.seed"].astype(int)) if "param.seed" in group else []
+        row |= {"n_seeds": len(group), "seeds": " ".join(map(str, seeds)),
+                "trials": " ".join(map(str, sorted(group["trial"])))}
+        for m in metrics:
+            values = pd.to_numeric(group[m], errors="coerce").dropna() if m in group else pd.Series(dtype=float)
+            n = len(values)
+            mean = values.mean() if n else np.nan
+            std = values.std(ddof=1) if n >= 2 else np.nan
+            row |= {f"{m}_mean": mean, f"{m}_std": std, f"{m}_ci95": float(ci95(std, n)), f"{m}_n": n}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def config_label(row: pd.Series, swept: list[str]) -> str:
+    """`beta=0.5`: the swept values that define this configuration."""
+    parts = [f"{k.rsplit('.', 1)[-1]}={_short(row.get(f'param.{k}'))}" for k in swept]
+    return " ".join(parts) or "all"
+
+
+def _short(value: Any) -> str:
+    try:
+        return f"{float(value):g}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def per_config(record: StudyRecord) -> pd.DataFrame:
+    """One row per configuration (trials that differ only in `seed`), best mean objective first."""
+    done = _require_finished(record)
+    config_columns = sorted(c for c in done.columns if c.startswith("param.") and c != "param.seed")
+    metrics = metric_columns(done)
+    board = aggregate(done, config_columns, metrics)
+    board.insert(0, "config", [config_label(r, record.swept) for _, r in board.iterrows()])
+    key = f"{record.objective}_mean"
+    board = board.sort_values([key, "config"], ascending=[record.direction == "minimize", True], na_position="last")
+    board.insert(0, "rank", range(1, len(board) + 1))
+    ordered = [record.objective] + [m for m in metrics if m != record.objective]
+    stat_columns = [f"{m}_{s}" for m in ordered for s in STATS]
+    return board[CONFIG_ID_COLUMNS + config_columns + stat_columns].reset_index(drop=True)
+
+
+def leaderboard(tracking_uri: str, study: str, per_trial_rows: bool = False) -> pd.DataFrame:
+    record = load_record(tracking_uri, study)
+    return per_trial(record) if per_trial_rows else per_config(record)
 
 
 def write_csv(df: pd.DataFrame, out: Path) -> Path:
@@ -85,3 +196,193 @@ def write_csv(df: pd.DataFrame, out: Path) -> Path:
         df.to_csv(fh, index=False)
     os.replace(tmp, out)
     return out
+
+
+# --- report.md ---------------------------------------------------------------------------
+
+def fmt_ci(mean: float, ci: float) -> str:
+    """`-134.06 ± 1.23` (± omitted when there is a single seed); empty when missing."""
+    if mean is None or not math.isfinite(mean):
+        return ""
+    digits = 2 if abs(mean) >= 1 else 4
+    if ci is None or not math.isfinite(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
+def markdown_table(board: pd.DataFrame, metrics: list[str]) -> str:
+    """The leaderboard as a GitHub Markdown table: mean ± 95% CI half-width per metric."""
+    present = [m for m in metrics if f"{m}_mean" in board]
+    head = ["rank", "config", "seeds"] + present
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, row in board.iterrows():
+        cells = [str(row["rank"]), row["config"], str(row["n_seeds"])]
+        cells += [fmt_ci(row[f"{m}_mean"], row[f"{m}_ci95"]) for m in present]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_markdown_table(text: str) -> pd.DataFrame:
+    """Read a table written by markdown_table back (the inverse used by the tests and users)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+    return pd.DataFrame(rows, columns=head)
+
+
+def _versions(record: StudyRecord) -> list[str]:
+    done = record.finished
+    def tag_values(name: str) -> str:
+        col = f"tag.vaebench.{name}"
+        return ", ".join(sorted(done[col].dropna().unique())) if col in done else "unknown"
+    return [
+        f"- vaebench {tag_values('version')}, torch {tag_values('torch_version')}, "
+        f"mlflow {tag_values('mlflow_version')}, optuna {tag_values('optuna_version')}, "
+        f"python {tag_values('python_version')}",
+        f"- device: {tag_values('device')}; host: {tag_values('host')}",
+        f"- dataset fingerprint: {tag_values('dataset_fingerprint')}",
+        f"- tracking store: `{record.tracking_uri}`, parent run `{record.parent.info.run_id}`",
+    ]
+
+
+def _optuna_study(record: StudyRecord) -> Any:
+    """An in-memory Optuna study rebuilt from the tracked trials (so no Optuna storage is needed)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    def distribution(dom: Any) -> Any:
+        if isinstance(dom, list):
+            return CategoricalDistribution(dom)
+        if dom.get("type") == "int":
+            return IntDistribution(int(dom["low"]), int(dom["high"]), log=dom.get("log", False))
+        return FloatDistribution(dom["low"], dom["high"], log=dom.get("log", False))
+
+    def value(dom: Any, logged: str) -> Any:
+        if isinstance(dom, list):
+            return next(c for c in dom if str(c) == logged)
+        return int(float(logged)) if dom.get("type") == "int" else float(logged)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=record.study, direction=record.direction)
+    dists = {k: distribution(d) for k, d in record.space.items()}
+    for _, row in record.finished.iterrows():
+        if not math.isfinite(row.get(record.objective, math.nan)):
+            continue
+        params = {k: value(record.space[k], row[f"param.{k}"]) for k in record.space}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row[record.objective]))
+    return study
+
+
+def _figures(record: StudyRecord, board: pd.DataFrame, folder: Path) -> dict[str, Path]:
+    """Study-level figures, the best run's pictures and Optuna's analysis; name -> path."""
+    from vaebench import figures
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict[str, Path] = {}
+    done = record.finished
+    colour_key = record.swept[0] if record.swept else "seed"
+    colour = pd.to_numeric(done.get(f"param.{colour_key}"), errors="coerce").to_numpy()
+    if {"test_kl", "test_recon"} <= set(done.columns) and np.isfinite(colour).any():
+        out["Rate-distortion plane (every trial)"] = figures.rate_distortion(
+            done["test_kl"].to_numpy(float), done["test_recon"].to_numpy(float), colour,
+            colour_key.rsplit(".", 1)[-1], folder / "rate_distortion.png", log_colour=bool(np.nanmin(colour) > 0))
+    if record.swept:
+        param = record.swept[0]
+        x = board[f"param.{param}"].to_numpy()
+        numeric = pd.to_numeric(pd.Series(x), errors="coerce")
+        if numeric.notna().all():
+            x = numeric.to_numpy()
+        present = [m for m in HEADLINE if f"{m}_mean" in board]
+        name = param.rsplit(".", 1)[-1]
+        out[f"Headline metrics against {name} (mean ± 95% CI over seeds)"] = figures.metrics_vs_param(
+            x, {m: board[f"{m}_mean"].to_numpy(float) for m in present},
+            {m: board[f"{m}_ci95"].to_numpy(float) for m in present}, name, folder / f"metrics_vs_{name}.png",
+            log_x=numeric.notna().all() and bool((numeric > 0).all()) and numeric.max() / numeric.min() >= 10)
+    best = per_trial(record).iloc[0]
+    client = MlflowClient(record.tracking_uri)
+    available = {a.path for a in client.list_artifacts(best["run_id"])}
+    for picture in BEST_RUN_PICTURES:
+        if picture in available:
+            local = client.download_artifacts(best["run_id"], picture, str(folder))
+            target = folder / f"best_{picture}"
+            os.replace(local, target)
+            out[f"Best run ({best['run_name']}): {picture.removesuffix('.png').replace('_', ' ')}"] = target
+    for path in figures.optuna_figures(_optuna_study(record), folder / "optuna", record.objective):
+        if path.suffix == ".png":
+            out[f"Optuna: {path.stem.replace('_', ' ')}"] = path
+    return out
+
+
+def build_report(record: StudyRecord, folder: Path) -> list[Path]:
+    """Write leaderboard.csv, trials.csv, report.md and figures/ into `folder` (which must be new)."""
+    board = per_config(record)
+    trials = per_trial(record)
+    write_csv(board, folder / "leaderboard.csv")
+    write_csv(trials, folder / "trials.csv")
+    pictures = _figures(record, board, folder / "figures")
+    params = record.parent.data.params
+    best = board.iloc[0]
+    metrics = [record.objective] + [m for m in HEADLINE if m != record.objective]
+    study_file = record.parent.data.tags.get("vaebench.study_file", f"{record.study}")
+    lines = [
+        f"# {record.study}",
+        "",
+        f"> {record.parent.data.tags.get('mlflow.note.content', '').strip() or 'No description.'}",
+        "",
+        "## Settings",
+        "",
+        f"- objective: `{record.objective}` ({record.direction}d on validation; test metrics are reported, never optimised)",
+        f"- search: sampler `{params.get('search.sampler')}`, pruner `{params.get('search.pruner')}`, "
+        f"{len(record.finished)} finished of {len(record.trials)} trials",
+        f"- space: `{json.dumps(record.space)}`",
+        f"- fixed settings (first trial): " + ", ".join(
+            f"`{c.removeprefix('param.')}={trials.iloc[0][c]}`" for c in trials.columns
+            if c.startswith("param.") and c.removeprefix("param.") not in record.space),
+        "",
+        "## Leaderboard",
+        "",
+        "Mean ± 95% confidence half-width (Student t) over seeds; nats per example for likelihood terms. "
+        "Full columns (std, n) in [leaderboard.csv](leaderboard.csv), every trial in [trials.csv](trials.csv).",
+        "",
+        markdown_table(board, metrics),
+        "",
+        "## Best configuration",
+        "",
+        f"**{best['config']}**: {record.objective} = {fmt_ci(best[f'{record.objective}_mean'], best[f'{record.objective}_ci95'])}"
+        f" over {best['n_seeds']} seed(s) (trials {best['trials']}).",
+        "",
+        "## Figures",
+        "",
+    ]
+    for title, path in pictures.items():
+        lines += [f"### {title}", "", f"![{title}]({path.relative_to(folder).as_posix()})", ""]
+    if (folder / "figures" / "optuna").is_dir():
+        html = sorted((folder / "figures" / "optuna").glob("*.html"))
+        lines += ["Interactive versions (plotly, loads plotly.js from its CDN): " + ", ".join(f"[{p.stem}]({p.relative_to(folder).as_posix()})" for p in html), ""]
+    lines += ["## Environment", "", *_versions(record), f"- report built on: {platform.platform()}", "",
+              "## Reproduce", "", "```", f"python -m vaebench run --study {study_file}",
+              f"python -m vaebench report --study {record.study}", "```", ""]
+    (folder / "report.md").write_text("\n".join(lines))
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def write_report(tracking_uri: str, study: str, results: Path) -> Path:
+    """Build into a temporary folder, then swap it in: an error leaves the old report untouched."""
+    record = load_record(tracking_uri, study)
+    _require_finished(record)
+    results.mkdir(parents=True, exist_ok=True)
+    target = results / study
+    tmp = Path(tempfile.mkdtemp(dir=results, prefix=f".{study}."))
+    try:
+        build_report(record, tmp)
+        if target.exists():
+            old = target.with_name(f".{study}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -6,7 +6,11 @@ train_ metric of the last epoch; test metrics are reported, never optimised.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import math
+import os
+import platform
 import tempfile
 import traceback
 import warnings
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import mlflow
 import optuna
 import torch
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -23,9 +28,17 @@ from optuna.trial import TrialState
 from vaebench import __version__, data, figures, metrics, models, train
 from vaebench.config import Range, StudySpec, TrialConfig
 from vaebench.errors import DivergenceError, InputError
-from vaebench.tracking import DIRECTION, OBJECTIVE, StudyTracker, TrialRun
+from vaebench.tracking import DIRECTION, OBJECTIVE, StudyTracker, TensorBoardRun, TrialRun
 
 PARENT_ATTR = "mlflow_parent_run_id"
+ENVIRONMENT = {
+    "vaebench.version": __version__,
+    "vaebench.torch_version": torch.__version__,
+    "vaebench.mlflow_version": importlib.metadata.version("mlflow"),
+    "vaebench.optuna_version": optuna.__version__,
+    "vaebench.python_version": platform.python_version(),
+    "vaebench.host": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads",
+}
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 HEARTBEAT_S = 30  # a trial whose worker stops beating for GRACE_S is failed and retried once
 GRACE_S = 120
@@ -112,15 +125,17 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
 
 
 def train_and_evaluate(
-    cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback]
+    cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
+    board: TensorBoardRun | None = None,
 ) -> dict[str, float]:
-    """fit + evaluate one config, logging each epoch and the final scores to `run`."""
+    """fit + evaluate one config, logging each epoch and the final scores to `run` (and `board`)."""
     model = build_model(cfg, ds)
     log_epoch = lambda epoch, m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch)  # noqa: E731
+    loggers = [log_epoch] + ([board.log_epoch] if board else [])
     history = train.fit(
         model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
         seed=cfg.seed, grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
-        callbacks=[log_epoch, *callbacks], device=cfg.device, eval_batch_size=cfg.eval.batch_size,
+        callbacks=[*loggers, *callbacks], device=cfg.device, eval_batch_size=cfg.eval.batch_size,
     )
     scores = metrics.evaluate(model, ds, split="test", batch_size=cfg.eval.batch_size,
                               seed=cfg.seed, iwae_k=cfg.eval.iwae_k)
@@ -133,15 +148,42 @@ def train_and_evaluate(
         "n_params": float(model.n_params),
     }
     run.log_metrics(final, step=cfg.train.epochs)  # the last epoch's val_* are logged already
-    _log_pictures(model, ds, run)
+    if board:
+        board.log_epoch(cfg.train.epochs, final)
+    log_trial_artifacts(model, ds, run, board, step=cfg.train.epochs)
     return history.last | final
 
 
-def _log_pictures(model: models.VAEModel, ds: data.Dataset, run: TrialRun) -> None:
+def log_trial_artifacts(
+    model: models.VAEModel, ds: data.Dataset, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0
+) -> None:
+    """Pictures of the trained model, its per-dimension KL, and the model itself (MLflow format)."""
+    import mlflow.pytorch
+
+    x = ds.test.x
     with tempfile.TemporaryDirectory() as tmp:
-        run.log_artifact(figures.reconstructions(model, ds.test.x, Path(tmp) / "reconstructions.png"))
+        folder = Path(tmp)
+        pictures = [figures.reconstructions(model, x, folder / "reconstructions.png")]
+        means = metrics.posterior_means(model, x)
+        pictures.append(figures.latent_pca(means, ds.test.y.numpy(), folder / "latent_pca.png"))
         if model.is_variational:
-            run.log_artifact(figures.samples(model, Path(tmp) / "samples.png"))
+            pictures.append(figures.samples(model, folder / "samples.png"))
+            pictures.append(figures.traversals(model, x[:1], folder / "traversals.png"))
+            kl = metrics.kl_per_dim(model, x)
+            pictures.append(figures.kl_per_dim(kl, folder / "kl_per_dim.png"))
+            table = folder / "kl_per_dim.csv"
+            table.write_text("dim,kl_nats\n" + "".join(f"{d},{v:.6g}\n" for d, v in enumerate(kl)))
+            pictures.append(table)
+        for path in pictures:
+            run.log_artifact(path)
+            if board and path.suffix == ".png":
+                board.log_picture(path, step)
+    model.eval()
+    example = x[:2].to(next(model.parameters()).device)
+    info = mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    run_id=run.run_id)
+    run.set_tags({"vaebench.model_uri": info.model_uri})
 
 
 @dataclass
@@ -165,7 +207,7 @@ class StudyRun:
 
 def make_objective(
     spec: StudySpec, tracker: StudyTracker, parent_id: str, progress: Progress,
-    failures: dict[int, str], data_dir: str | None = None,
+    failures: dict[int, str], data_dir: str | None = None, tensorboard_dir: str | None = None,
 ) -> Callable[[optuna.Trial], float]:
     objective_key = spec.search.objective
 
@@ -173,10 +215,9 @@ def make_objective(
         params = suggest(trial, spec)
         cfg = spec.with_params(params)
         ds = load_data(cfg, data_dir)
-        run = tracker.start_trial(parent_id, trial.number, run_name(trial.number, params), {
+        name = run_name(trial.number, params)
+        run = tracker.start_trial(parent_id, trial.number, name, ENVIRONMENT | {
             "vaebench.dataset_fingerprint": ds.fingerprint,
-            "vaebench.version": __version__,
-            "vaebench.torch_version": torch.__version__,
             "vaebench.device": str(train.resolve_device(cfg.device)),
             "vaebench.seed": cfg.seed,
             "vaebench.optuna_trial_id": trial._trial_id,
@@ -190,8 +231,9 @@ def make_objective(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
+        board = TensorBoardRun(Path(tensorboard_dir) / spec.name / name) if tensorboard_dir else None
         try:
-            final = train_and_evaluate(cfg, ds, run, [report])
+            final = train_and_evaluate(cfg, ds, run, [report], board)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             raise
@@ -204,6 +246,9 @@ def make_objective(
             trial.set_user_attr("failure_reason", reason)
             run.finish("FAIL", reason + "\n" + traceback.format_exc(limit=5))
             raise
+        finally:
+            if board:
+                board.close()
         run.finish("COMPLETE")
         return final[objective_key]
 
@@ -220,8 +265,10 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
               "vaebench.study_file": path, "vaebench.sampler": spec.search.sampler,
               "mlflow.note.content": spec.description},
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
-        | {"search.space": {k: (v if isinstance(v, list) else v.model_dump()) for k, v in spec.search.space.items()}},
+        | {"search.space": json.dumps(spec.search.model_dump()["space"])},
     )
+    if path:
+        tracker.client.log_artifact(run_id, path)
     study.set_user_attr(PARENT_ATTR, run_id)
     return run_id
 
@@ -233,9 +280,11 @@ def count_done(study: optuna.Study) -> int:
 def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
+    tensorboard_dir: str | None = None,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri)  # log_model uses the global URI: keep it the study's
     progress = progress or Progress()
     total = n_trials or spec.search.total_trials
     study = create_study(spec, open_storage(storage_url))
@@ -245,7 +294,7 @@ def run_study(
     remaining = total - count_done(study)
     if remaining > 0:
         study.optimize(
-            make_objective(spec, tracker, parent_id, progress, failures, data_dir),
+            make_objective(spec, tracker, parent_id, progress, failures, data_dir, tensorboard_dir),
             n_trials=remaining,
             catch=(Exception,),
             callbacks=[optuna.study.MaxTrialsCallback(total, states=DONE), progress.on_trial_end],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 
 
 def quiet() -> None:
-    """Keep MLflow's and its migrations' INFO chatter out of the progress bar."""
+    """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -137,3 +139,31 @@ class StudyTracker:
             | {k: str(v) for k, v in tags.items()},
         )
         return TrialRun(self.client, run.info.run_id)
+
+
+class TensorBoardRun:
+    """The same per-epoch scalars and pictures as MLflow, as TensorBoard event files."""
+
+    def __init__(self, log_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for name, value in _finite(metrics).items():
+            if name != "epoch":
+                self.writer.add_scalar(name, value, epoch)
+
+    def log_picture(self, path: Path, step: int) -> None:
+        from torchvision.io import ImageReadMode, read_image
+
+        self.writer.add_image(path.stem, read_image(str(path), ImageReadMode.RGB), step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None

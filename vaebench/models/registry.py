@@ -14,7 +14,7 @@ from typing import Any
 from .architectures import ARCHITECTURES
 from .likelihoods import LIKELIHOODS
 from .model import VAEModel
-from .objectives import OBJECTIVES
+from .objectives import OBJECTIVE_SETUP, OBJECTIVES
 
 # Arguments the framework passes itself; everything else in a signature is a hyperparameter.
 ARCH_RESERVED = frozenset({"input_shape", "latent_dim"})
@@ -116,7 +116,7 @@ def build(
     shape = checked_input_shape(input_shape)
     arch_given, objective_given = split_hparams(arch, objective, hparams)
     encoder, decoder = builder(shape, latent_dim, **arch_given)
-    return VAEModel(
+    model = VAEModel(
         encoder,
         decoder,
         likelihood_cls(),
@@ -128,3 +128,9 @@ def build(
         arch_hparams={**arch_hparams(arch), **arch_given},
         objective_hparams={**objective_hparams(objective), **objective_given},
     )
+    OBJECTIVE_SETUP.get(objective, no_setup)(model)
+    return model
+
+
+def no_setup(model: VAEModel) -> None:
+    """Most objectives keep no state on the model."""

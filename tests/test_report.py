@@ -1,0 +1,125 @@
+"""Reports: seed-aware aggregation, the Markdown table, and the results folder of a real study."""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import vaebench
+from vaebench import report
+
+T_975_DF2 = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom (statistical tables)
+T_975_DF3 = 3.182446
+
+
+def trials(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame([{"trial": i, **r} for i, r in enumerate(rows)])
+
+
+def test_aggregate_against_hand_computed_values() -> None:
+    df = trials([
+        {"param.model.beta": "1.0", "param.seed": "0", "m": 1.0},
+        {"param.model.beta": "1.0", "param.seed": "1", "m": 2.0},
+        {"param.model.beta": "1.0", "param.seed": "2", "m": 3.0},
+        {"param.model.beta": "4.0", "param.seed": "0", "m": 10.0},
+        {"param.model.beta": "4.0", "param.seed": "1", "m": 14.0},
+        {"param.model.beta": "4.0", "param.seed": "2", "m": 12.0},
+        {"param.model.beta": "4.0", "param.seed": "3", "m": 16.0},
+    ])
+    out = report.aggregate(df, ["param.model.beta"], ["m"]).set_index("param.model.beta")
+    # beta=1: mean 2, sample std 1, CI half-width t(0.975, 2) * 1 / sqrt(3)
+    assert out.loc["1.0", "m_mean"] == pytest.approx(2.0)
+    assert out.loc["1.0", "m_std"] == pytest.approx(1.0)
+    assert out.loc["1.0", "m_ci95"] == pytest.approx(T_975_DF2 / math.sqrt(3), rel=1e-5)
+    assert out.loc["1.0", "m_n"] == 3 and out.loc["1.0", "seeds"] == "0 1 2"
+    # beta=4: mean 13, sample variance (9+1+1+9)/3 = 20/3
+    assert out.loc["4.0", "m_mean"] == pytest.approx(13.0)
+    assert out.loc["4.0", "m_std"] == pytest.approx(math.sqrt(20 / 3))
+    assert out.loc["4.0", "m_ci95"] == pytest.approx(T_975_DF3 * math.sqrt(20 / 3) / 2, rel=1e-5)
+    assert out.loc["4.0", "n_seeds"] == 4 and out.loc["4.0", "trials"] == "3 4 5 6"
+
+
+def test_single_seed_and_missing_values_stay_empty() -> None:
+    df = trials([
+        {"param.model.beta": "1.0", "param.seed": "0", "m": 5.0, "only_some": np.nan},
+        {"param.model.beta": "1.0", "param.seed": "1", "m": 7.0, "only_some": 3.0},
+        {"param.model.beta": "2.0", "param.seed": "0", "m": 1.0, "only_some": np.nan},
+    ])
+    out = report.aggregate(df, ["param.model.beta"], ["m", "only_some"]).set_index("param.model.beta")
+    assert out.loc["1.0", "only_some_n"] == 1 and out.loc["1.0", "only_some_mean"] == 3.0
+    assert math.isnan(out.loc["1.0", "only_some_std"]) and math.isnan(out.loc["1.0", "only_some_ci95"])
+    assert out.loc["2.0", "only_some_n"] == 0 and math.isnan(out.loc["2.0", "only_some_mean"])  # never 0
+    assert math.isnan(out.loc["2.0", "m_ci95"])  # one seed: no interval
+
+
+def test_grouping_ignores_seed_only() -> None:
+    df = trials([
+        {"param.model.beta": "1.0", "param.train.lr": "0.001", "param.seed": "0", "m": 1.0},
+        {"param.model.beta": "1.0", "param.train.lr": "0.001", "param.seed": "1", "m": 3.0},
+        {"param.model.beta": "1.0", "param.train.lr": "0.01", "param.seed": "0", "m": 5.0},
+        {"param.model.beta": "2.0", "param.train.lr": "0.001", "param.seed": "0", "m": 7.0},
+    ])
+    record = report.StudyRecord("s", "x", None, df.assign(state="COMPLETE", run_name="r", run_id="i"),
+                                "m", "maximize", {"model.beta": [1.0, 2.0], "train.lr": [0.001, 0.01], "seed": [0, 1]})
+    board = report.per_config(record)
+    assert len(board) == 3
+    assert sorted(board["n_seeds"]) == [1, 1, 2]
+    assert list(board["m_mean"]) == [7.0, 5.0, 2.0]  # maximised: best first
+    assert board.loc[board["m_mean"] == 2.0, "config"].item() == "beta=1 lr=0.001"
+
+
+def test_ci_shrinks_with_more_seeds() -> None:
+    assert report.ci95(1.0, 10) < report.ci95(1.0, 3) < report.ci95(1.0, 2)
+
+
+def test_markdown_table_parses_back_to_the_csv(smoke: Path) -> None:
+    folder = smoke / "results" / "smoke"
+    board = pd.read_csv(folder / "leaderboard.csv")
+    text = (folder / "report.md").read_text()
+    table = text[text.index("| rank | config"):]
+    parsed = report.parse_markdown_table(table.split("\n\n")[0])
+    assert list(parsed["config"]) == list(board["config"])
+    for _, (row, csv_row) in enumerate(zip(parsed.to_dict("records"), board.to_dict("records"))):
+        for metric in ("val_elbo", "test_elbo", "test_kl", "test_nmi"):
+            mean, ci = (float(v) for v in row[metric].split(" ± "))
+            assert mean == pytest.approx(csv_row[f"{metric}_mean"], abs=0.006)
+            assert ci == pytest.approx(csv_row[f"{metric}_ci95"], abs=0.006)
+
+
+def test_report_references_only_files_that_exist(smoke: Path) -> None:
+    folder = smoke / "results" / "smoke"
+    text = (folder / "report.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", text)
+    images = [l for l in links if l.endswith(".png")]
+    assert {"figures/rate_distortion.png", "figures/metrics_vs_beta.png", "figures/best_reconstructions.png",
+            "figures/best_samples.png", "figures/best_latent_pca.png", "figures/best_traversals.png",
+            "figures/optuna/optimization_history.png"} <= set(images)
+    for link in links:
+        assert (folder / link).is_file(), link
+    assert (folder / "figures" / "optuna" / "optimization_history.html").is_file()
+    for heading in ("## Settings", "## Leaderboard", "## Best configuration", "## Environment", "## Reproduce"):
+        assert heading in text
+    assert "python -m vaebench run --study" in text and "dataset fingerprint" in text
+
+
+def test_report_rebuilds_from_the_tracking_store_alone(smoke: Path, tmp_path: Path) -> None:
+    (smoke / "optuna.db").rename(smoke / "optuna.db.away")  # no Optuna storage, no retraining
+    try:
+        result = vaebench(smoke, "report", "--study", "smoke", "--results", str(tmp_path / "out"))
+    finally:
+        (smoke / "optuna.db.away").rename(smoke / "optuna.db")
+    assert result.returncode == 0, result.stderr
+    rebuilt = tmp_path / "out" / "smoke"
+    assert pd.read_csv(rebuilt / "leaderboard.csv").equals(pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv"))
+    assert (rebuilt / "figures" / "optuna" / "param_importances.png").is_file()
+
+
+def test_report_of_unknown_study_exits_2_and_writes_nothing(smoke: Path, tmp_path: Path) -> None:
+    result = vaebench(smoke, "report", "--study", "nope", "--results", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "nope" in result.stderr
+    assert not (tmp_path / "out").exists()
