@@ -370,11 +370,18 @@ def write_report(tracking_uri: str, study: str, results: Path) -> Path:
     """Build into a temporary folder, then swap it in: an error leaves the old report untouched."""
     record = load_record(tracking_uri, study)
     _require_finished(record)
+    created = not results.exists()
     results.mkdir(parents=True, exist_ok=True)
     target = results / study
     tmp = Path(tempfile.mkdtemp(dir=results, prefix=f".{study}."))
     try:
         build_report(record, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not any(results.iterdir()):
+            results.rmdir()  # leave no trace of a failed first report
+        raise
+    try:
         if target.exists():
             old = target.with_name(f".{study}.old")
             shutil.rmtree(old, ignore_errors=True)
