@@ -118,6 +118,25 @@ def test_dynamic_binarization_keeps_train_gray_and_fixes_held_out():
     for name in ("val", "test"):
         assert is_binary(ds.split(name).x)
         assert torch.equal(ds.split(name).x, static.split(name).x)  # comparable held-out bits
+    data.clear_cache()
+    again = data.load("digits", seed=0, binarize="dynamic")
+    for name in ("val", "test"):  # one fixed binarisation, whatever process loads it
+        assert torch.equal(again.split(name).x, ds.split(name).x)
+    # (that training batches are re-binarised every epoch is tested in test_train.py)
+
+
+def test_dsprites_is_registered_with_its_factors():
+    ds = data.load("dsprites")
+    assert ds.input_shape == (1, 64, 64) and ds.n_classes == 3
+    assert ds.factor_names == ("shape", "scale", "orientation", "pos_x", "pos_y")
+    assert [len(s) for s in splits(ds)] == [14_000, 2_000, 4_000]
+    for split in splits(ds):
+        assert is_binary(split.x)
+        assert split.factors.shape == (len(split), 5)
+        assert torch.equal(split.factors[:, 0], split.y)  # label = shape
+    all_factors = torch.cat([s.factors for s in splits(ds)])
+    assert len(torch.unique(all_factors, dim=0)) == 20_000  # distinct images
+    data.clear_cache()  # ~0.7 GB of images: not worth keeping for the rest of the session
 
 
 def test_unknown_names_list_the_choices():

@@ -232,7 +232,7 @@ BASE = dict(arch="mlp", objective="vae", latent_dim=2, likelihood="bernoulli", i
 @pytest.mark.parametrize("field,known", [
     ("arch", "conv, mlp, tutorial_mlp"),
     ("objective", "ae, annealed_vae, beta_tcvae, beta_vae, iwae, vae"),
-    ("likelihood", "bernoulli, gaussian"),
+    ("likelihood", "bernoulli, discretized_logistic, gaussian"),
 ])
 def test_build_rejects_unknown_names_listing_known_ones(field, known):
     with pytest.raises(ValueError, match=f"unknown {field} 'nope'; known: {known}"):
@@ -257,7 +257,7 @@ def test_build_rejects_bad_latent_dim(latent_dim):
 def test_introspection_and_config_roundtrip():
     assert models.describe() == {"architectures": ["conv", "mlp", "tutorial_mlp"],
                                  "objectives": ["ae", "annealed_vae", "beta_tcvae", "beta_vae", "iwae", "vae"],
-                                 "likelihoods": ["bernoulli", "gaussian"]}
+                                 "likelihoods": ["bernoulli", "discretized_logistic", "gaussian"]}
     assert models.objective_hparams("beta_vae") == {"beta": 1.0}
     assert models.objective_hparams("vae") == {} == models.objective_hparams("ae")
     assert models.arch_hparams("conv") == {"channels": (32, 64), "hidden": 256}

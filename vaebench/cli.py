@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from vaebench.errors import InputError
 
@@ -39,9 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trials", type=int, default=None, help="total trials (overrides the study file)")
     run.add_argument("--device", default=None, help="auto | cpu | cuda | mps (overrides the study file)")
     run.add_argument("--data-dir", default=os.environ.get("VAEBENCH_DATA"), help="folder of local datasets")
+    run.add_argument("--download", action="store_true",
+                     help="fetch missing torchvision datasets (mnist, fashion_mnist, kmnist, cifar10) into the data folder")
     run.add_argument("--results", default="results", help="folder for reports (default ./results)")
     run.add_argument("--tensorboard", default=None, metavar="DIR",
                      help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
+    run.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="torch CPU threads for this worker (default: torch's; use 1 with several workers)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
@@ -64,11 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Validate everything (study file, flags, data, stores) before writing anything; then run.
+
+    Exit codes: 0 done (some trials may have failed: one line on stderr), 1 no trial of the
+    study finished, 2 bad input, 130 stopped by Ctrl-C (running it again resumes).
+    """
     from vaebench.config import load_study
 
     spec, path = load_study(args.study)
+    if args.download:
+        spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"download": True})})
     if args.trials is not None and args.trials < 1:
         raise InputError(f"--trials {args.trials}: must be at least 1")
+    if args.trials is not None and spec.search.sampler == "grid" and args.trials > spec.search.grid_size():
+        raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads}: must be at least 1")
     if args.device:
         from vaebench.train import resolve_device
 
@@ -86,25 +105,75 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tracking.quiet()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    search.check_storage(args.storage)
+    tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
+    search.check_data(spec, path, args.data_dir)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
     total = args.trials or spec.search.total_trials
-    with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
-        result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
-                                  study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
-                                  data_dir=args.data_dir, tensorboard_dir=args.tensorboard)
-    print(f"study {spec.name}: {result.finished}/{result.total} trials finished "
-          f"(Optuna storage {args.storage}, study '{spec.name}')")
-    print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking_uri}"
-          f"  -> `mlflow ui` in this folder")
-    for number, reason in sorted(result.failures.items()):
-        print(f"trial {number} failed: {reason}", file=sys.stderr)
-    try:
-        folder = report.write_report(tracking_uri, spec.name, Path(args.results))
-    except InputError:
-        reasons = sorted(set(result.failures.values()))
-        print(f"no trial finished ({'; '.join(reasons) or 'no trials ran'})", file=sys.stderr)
-        return 1
-    print(f"leaderboard: {folder / 'leaderboard.csv'}\nreport: {folder / 'report.md'}")
+    stop = threading.Event()
+    with _graceful_sigint(stop):
+        with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
+            result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
+                                      study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
+                                      data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop)
+        retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
+        print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
+              f"(Optuna storage {args.storage}, study '{spec.name}')")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking_uri}"
+              f"  -> `mlflow ui` in this folder")
+        if result.finished == 0:
+            what = failure_summary(result.failures) if result.failures else "no trial ran"
+            print(f"vaebench: no trial finished: {what}", file=sys.stderr)
+            return 130 if result.interrupted else 1
+        if result.failures:
+            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag vaebench.failure_reason in MLflow)",
+                  file=sys.stderr)
+        try:
+            folder = report.write_report(tracking_uri, spec.name, Path(args.results))
+        except InputError as exc:  # e.g. every finished trial was pruned: nothing to rank
+            print(f"vaebench: no report: {exc}", file=sys.stderr)
+            return 130 if result.interrupted else 1
+        print(f"leaderboard: {folder / 'leaderboard.csv'}\nreport: {folder / 'report.md'}")
+        if result.interrupted:
+            print("vaebench: interrupted; run the same command again to resume", file=sys.stderr)
+            return 130
     return 0
+
+
+def failure_summary(failures: dict[int, str]) -> str:
+    """`3 trials failed: DivergenceError: ... (trials 1, 4); ValueError: ... (trial 2)`: one line."""
+    groups: dict[str, list[int]] = {}
+    for number, reason in sorted(failures.items()):
+        groups.setdefault((reason.strip().splitlines() or ["unknown"])[0][:200], []).append(number)
+    parts = [f"{reason} (trial{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))})" for reason, ns in groups.items()]
+    if len(parts) > 3:
+        parts = parts[:3] + [f"{len(parts) - 3} other reasons"]
+    n = len(failures)
+    return f"{n} trial{'s' if n > 1 else ''} failed: " + "; ".join(parts)
+
+
+@contextmanager
+def _graceful_sigint(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C: set `stop` (the running trial ends after its epoch); second: stop now.
+    The previous handler is restored afterwards."""
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        os.write(2, b"vaebench: stopping after this epoch; Ctrl-C again to stop now\n")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -139,12 +208,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ui(args: argparse.Namespace) -> int:
+def ui_command(args: argparse.Namespace) -> list[str]:
+    """`mlflow ui` on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
     from vaebench import tracking
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", args.host, "--port", str(args.port)]
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    cmd = ui_command(args)
     print(" ".join(cmd))
     return subprocess.call(cmd)
 
@@ -156,8 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except InputError as exc:
-        print(f"vaebench: error: {exc}", file=sys.stderr)
+    except InputError as exc:  # one line, whatever the file held (a key with a newline in it)
+        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
+        print(f"vaebench: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)

@@ -31,6 +31,9 @@ class DatasetSpec(_Strict):
     val_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = Field(0, ge=0, description="split seed: fixed per study, so trial seeds vary only training")
+    # How to get the files, not which data: kept out of dumps, so it is neither a trial's
+    # param in MLflow nor a difference between the trials of workers started with --download.
+    download: bool = Field(False, exclude=True, description="fetch a torchvision dataset missing from the data folder")
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:

@@ -8,15 +8,26 @@ binarization, and a fingerprint that is logged with every run.
 
 A loader returns the whole dataset once (`RawData`); `load` splits, binarizes and wraps it.
 New datasets are added with `@register("name")` and need no change here.
+
+Embedded datasets (`digits`, `mnist5k`, `dsprites`) need no files. The full `mnist`,
+`fashion_mnist`, `kmnist` and `cifar10` are read through torchvision from a data folder
+(`data_dir`, else $VAEBENCH_DATA, else ./data), downloaded only when asked; their official
+test split is the test split and validation is carved from the official training split.
 """
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
+import math
 import os
+import shutil
+import struct
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 
 import numpy as np
 import torch
@@ -25,9 +36,11 @@ from sklearn.model_selection import train_test_split
 from torch import Tensor
 
 from vaebench import dsprites
+from vaebench.errors import InputError
 
 SPLITS = ("train", "val", "test")
 DATA_DIR_ENV = "VAEBENCH_DATA"
+DEFAULT_DATA_DIR = Path("data")  # where file-based datasets live when neither data_dir nor $VAEBENCH_DATA is set
 
 # Independent random streams derived from the user's seed, one per purpose, so that
 # changing how one is used never shifts another.
@@ -42,6 +55,7 @@ class RawData:
     y: np.ndarray  # (N,) int64 class labels
     factors: np.ndarray | None = None  # (N, F) int64 ground-truth factor indices
     factor_names: tuple[str, ...] = ()
+    is_test: np.ndarray | None = None  # (N,) bool: an official test split, used as is (None: carve one)
 
 
 Loader = Callable[[Path | None], RawData]
@@ -120,6 +134,183 @@ def _dsprites(data_dir: Path | None) -> RawData:
     return RawData(x=images, y=shapes, factors=factors, factor_names=dsprites.FACTOR_NAMES)
 
 
+# -- full datasets, read through torchvision from a data folder -------------------------
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """Where torchvision keeps a dataset under the data folder, and what must be there."""
+
+    torchvision_class: str  # e.g. "MNIST": torchvision.datasets.MNIST reads the files
+    folder: str  # relative to the data folder
+    files: tuple[str, ...]  # the files torchvision reads, in `folder`
+    idx: bool = False  # MNIST's idx format; each file may also be there as FILE.gz (as downloaded)
+    archive: str | None = None  # an archive in the data folder that unpacks into `folder`
+
+    def missing(self, root: Path) -> list[str]:
+        return [f for f in self.files if not (root / self.folder / f).is_file()]
+
+    def expected(self, root: Path) -> str:
+        """`missing files in FOLDER: a, b (or ...)`: what the user must provide."""
+        where = root / self.folder
+        alternative = f" (or {root / self.archive})" if self.archive else " (or the same names + .gz)" if self.idx else ""
+        return f"missing files in {where}: {', '.join(self.missing(root))}{alternative}"
+
+
+_IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+FILES: dict[str, FileSet] = {
+    "mnist": FileSet("MNIST", "MNIST/raw", _IDX, idx=True),
+    "fashion_mnist": FileSet("FashionMNIST", "FashionMNIST/raw", _IDX, idx=True),
+    "kmnist": FileSet("KMNIST", "KMNIST/raw", _IDX, idx=True),
+    "cifar10": FileSet(
+        "CIFAR10", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        archive="cifar-10-python.tar.gz",
+    ),
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """The last line of an error, where torchvision puts the cause (`urlopen error ...`)."""
+    lines = [line.strip(" <>") for line in str(exc).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__)[:300]
+
+
+def _unpack_local(files: FileSet, root: Path) -> None:
+    """Unpack what is already there (FILE.gz beside FILE, or the dataset's archive) into the
+    missing files. Each file is written under a temporary name and renamed, so a worker
+    beside this one never reads half a file."""
+    target = root / files.folder
+    if files.idx:
+        for name in files.missing(root):
+            if (target / f"{name}.gz").is_file():
+                with tempfile.TemporaryDirectory(dir=target, prefix=".vaebench-unpack-") as tmp:
+                    with gzip.open(target / f"{name}.gz", "rb") as src, open(Path(tmp) / name, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    os.replace(Path(tmp) / name, target / name)
+    if files.archive and files.missing(root) and (root / files.archive).is_file():
+        with tempfile.TemporaryDirectory(dir=root, prefix=".vaebench-unpack-") as tmp:
+            with tarfile.open(root / files.archive) as tar:
+                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+            _move_missing(files, Path(tmp), root)
+
+
+def _move_missing(files: FileSet, source: Path, root: Path) -> None:
+    """Move the files `root` lacks from the same layout under `source` (atomic renames)."""
+    (root / files.folder).mkdir(parents=True, exist_ok=True)
+    for name in files.missing(root):
+        if (source / files.folder / name).is_file():
+            os.replace(source / files.folder / name, root / files.folder / name)
+
+
+def _download(name: str, files: FileSet, root: Path) -> None:
+    """torchvision's own download, into a temporary folder that is then moved into place."""
+    import torchvision.datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".vaebench-download-") as tmp:
+        try:
+            getattr(torchvision.datasets, files.torchvision_class)(tmp, train=False, download=True)
+        except Exception as exc:  # noqa: BLE001 - offline, refused, bad checksum: all say the same
+            raise InputError(f"{name}: download into {root} failed ({_reason(exc)}); "
+                             f"offline, put the files there yourself: {files.expected(root)}") from None
+        _move_missing(files, Path(tmp), root)
+
+
+def _idx_problem(path: Path) -> str | None:
+    """Why an idx file (MNIST's format: big-endian header, then unsigned bytes) is unusable."""
+    with path.open("rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
+            return "not an idx file of unsigned bytes"
+        dims = f.read(4 * head[3])
+    if len(dims) < 4 * head[3]:
+        return "truncated header"
+    expected = 4 + len(dims) + math.prod(struct.unpack(f">{head[3]}I", dims))
+    size = path.stat().st_size
+    return None if size == expected else f"{size} bytes where its header promises {expected}: truncated?"
+
+
+def _corrupt(files: FileSet, root: Path) -> str | None:
+    """`FILE (why)` for the first present file that cannot be right, else None: the idx
+    header against the size, or torchvision's md5 for CIFAR's pickles."""
+    import torchvision.datasets
+    from torchvision.datasets.utils import check_integrity
+
+    cls = getattr(torchvision.datasets, files.torchvision_class)
+    md5 = dict(getattr(cls, "train_list", []) + getattr(cls, "test_list", []))
+    if hasattr(cls, "meta"):
+        md5[cls.meta["filename"]] = cls.meta["md5"]
+    for name in files.files:
+        path = root / files.folder / name
+        problem = _idx_problem(path) if files.idx else None
+        if problem is None and name in md5 and not check_integrity(str(path), md5[name]):
+            problem = "md5 differs from the published one"
+        if problem:
+            return f"{path} ({problem})"
+    return None
+
+
+def check_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> None:
+    """Make sure `name` can be loaded from the data folder, before a study starts: unpack a
+    local FILE.gz or archive, download when asked, and check that no file is truncated or
+    corrupt. InputError (one line naming the folder and the files) if not. Datasets that are
+    not read from files pass."""
+    _check_dataset(name)
+    files = FILES.get(name)
+    if files is None:
+        return
+    root = _resolve_data_dir(data_dir, name)
+    try:
+        if files.missing(root):
+            _unpack_local(files, root)
+        if files.missing(root) and download:
+            _download(name, files, root)
+    except (OSError, EOFError, tarfile.TarError) as exc:  # a bad .gz or archive, a read-only folder
+        raise InputError(f"{name}: cannot unpack into {root} ({_reason(exc)})") from None
+    if files.missing(root):
+        raise InputError(f"{name}: {files.expected(root)}; put them there, or set `dataset.download: true` "
+                         f"in the study file (or pass --download)")
+    bad = _corrupt(files, root)
+    if bad:
+        raise InputError(f"{name}: corrupt file {bad}; delete it and download again (download: true) or replace it")
+
+
+def _nchw(images: Any) -> np.ndarray:
+    """torchvision's uint8 images, (N, H, W) or (N, H, W, C), as an (N, C, H, W) view."""
+    arr = np.asarray(images)
+    return arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
+
+
+def _load_files(name: str, data_dir: Path | None) -> RawData:
+    """The official training then test split, read by torchvision, scaled to [0, 1] straight
+    into one float32 array (no intermediate float copy)."""
+    import torchvision.datasets
+
+    root = _resolve_data_dir(data_dir, name)
+    check_available(name, root)
+    files = FILES[name]
+    cls = getattr(torchvision.datasets, files.torchvision_class)
+    try:
+        parts = [cls(str(root), train=train, download=False) for train in (True, False)]
+        images = [_nchw(p.data) for p in parts]
+        labels = [np.asarray(p.targets, dtype=np.int64) for p in parts]
+    except Exception as exc:  # noqa: BLE001 - a pickle or idx file that does not parse
+        raise InputError(f"{name}: cannot read {root / files.folder} ({_reason(exc)})") from None
+    if any(len(i) != len(l) for i, l in zip(images, labels)):
+        raise InputError(f"{name}: {root / files.folder}: images and labels differ in number")
+    x = np.empty((sum(len(i) for i in images), *images[0].shape[1:]), dtype=np.float32)
+    np.divide(images[0], np.float32(255), out=x[: len(images[0])], dtype=np.float32)
+    np.divide(images[1], np.float32(255), out=x[len(images[0]):], dtype=np.float32)
+    is_test = np.zeros(len(x), dtype=bool)
+    is_test[len(images[0]):] = True
+    return RawData(x=x, y=np.concatenate(labels), is_test=is_test)
+
+
+for _name in FILES:
+    register(_name)(functools.partial(_load_files, _name))
+
+
 def _check_choice(what: str, value: str, choices: Collection[str]) -> None:
     """ValueError naming the known choices, so the message says how to fix it."""
     if value not in choices:
@@ -162,17 +353,30 @@ def _raw(name: str, data_dir: Path | None) -> RawData:
     if x.ndim != 4 or x.min() < 0.0 or x.max() > 1.0:
         raise ValueError(f"dataset {name!r}: x must be (N, C, H, W) in [0, 1], got shape {x.shape}")
     factors = None if raw.factors is None else np.ascontiguousarray(raw.factors, dtype=np.int64)
-    return RawData(x=x, y=np.asarray(raw.y, dtype=np.int64), factors=factors, factor_names=tuple(raw.factor_names))
+    is_test = None if raw.is_test is None else np.asarray(raw.is_test, dtype=bool)
+    return RawData(x=x, y=np.asarray(raw.y, dtype=np.int64), factors=factors, factor_names=tuple(raw.factor_names),
+                   is_test=is_test)
 
 
-def split_indices(y: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
-    """Stratified train/val/test row indices, a pure function of (labels, seed, fractions)."""
+def split_indices(
+    y: np.ndarray, seed: int, val_fraction: float, test_fraction: float, is_test: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Stratified train/val/test row indices, a pure function of (labels, seed, fractions).
+
+    With `is_test` (an official test split), the test rows are exactly those, in order,
+    `test_fraction` is unused, and validation is `val_fraction` of the other rows.
+    """
     n = len(y)
-    rest, test = train_test_split(
-        np.arange(n), test_size=round(test_fraction * n), stratify=y, random_state=_derive_seed(seed, _TEST_STREAM)
-    )
+    if is_test is None:
+        rest, test = train_test_split(
+            np.arange(n), test_size=round(test_fraction * n), stratify=y, random_state=_derive_seed(seed, _TEST_STREAM)
+        )
+        n_val = round(val_fraction * n)
+    else:
+        test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
+        n_val = round(val_fraction * len(rest))
     train, val = train_test_split(
-        rest, test_size=round(val_fraction * n), stratify=y[rest], random_state=_derive_seed(seed, _VAL_STREAM)
+        rest, test_size=n_val, stratify=y[rest], random_state=_derive_seed(seed, _VAL_STREAM)
     )
     return {"train": train, "val": val, "test": test}
 
@@ -199,7 +403,7 @@ def _build(
     name: str, seed: int, binarize: str, val_fraction: float, test_fraction: float, data_dir: Path | None
 ) -> Dataset:
     raw = _raw(name, data_dir)
-    rows = split_indices(raw.y, seed, val_fraction, test_fraction)
+    rows = split_indices(raw.y, seed, val_fraction, test_fraction, raw.is_test)
     splits = {s: _make_split(raw, rows[s], binarize, seed, s) for s in SPLITS}
     return Dataset(
         name=name,
@@ -213,9 +417,12 @@ def _build(
     )
 
 
-def _resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """Explicit folder first, then $VAEBENCH_DATA; None means "embedded data only"."""
+def _resolve_data_dir(data_dir: str | Path | None, name: str = "") -> Path | None:
+    """Explicit folder first, then $VAEBENCH_DATA; else ./data for the datasets read from
+    files (FILES), and None ("embedded data only") for the others."""
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
+    if not chosen and name in FILES:
+        chosen = DEFAULT_DATA_DIR
     return Path(chosen).expanduser().resolve() if chosen else None
 
 
@@ -226,17 +433,32 @@ def load(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     data_dir: str | Path | None = None,
+    download: bool = False,
 ) -> Dataset:
     """The dataset `name`, split and binarized for `seed`.
 
     Cached per process: the same arguments (however passed) return the same object, so
-    every trial of a study shares one copy of the tensors.
+    every trial of a study shares one copy of the tensors. `download` fetches the files of
+    a torchvision dataset (FILES) into the data folder when they are missing; without it,
+    missing or corrupt files raise an InputError that names the folder and the files.
     """
-    _check_choice("dataset", name, DATASETS)
+    _check_dataset(name)
     _check_choice("binarize", binarize, BINARIZERS)
     if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
         raise ValueError(f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
-    return _build(name, int(seed), binarize, float(val_fraction), float(test_fraction), _resolve_data_dir(data_dir))
+    folder = _resolve_data_dir(data_dir, name)
+    if download:
+        check_available(name, folder, download=True)
+    return _build(name, int(seed), binarize, float(val_fraction), float(test_fraction), folder)
+
+
+def _check_dataset(name: str) -> None:
+    """ValueError listing the embedded datasets, then those read from the data folder."""
+    if name not in DATASETS:
+        embedded = ", ".join(sorted(set(DATASETS) - set(FILES)))
+        on_disk = ", ".join(sorted(set(FILES) & set(DATASETS)))
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {embedded} (embedded); "
+                         f"{on_disk} (files in the data folder)")
 
 
 def clear_cache() -> None:

@@ -10,14 +10,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
+
+from vaebench.errors import InputError
 
 # Tag names: the report reads only these (and params/metrics) back.
 STUDY = "vaebench.study"
@@ -48,6 +51,88 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.get_tracking_uri()
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line for an error message: the OS reason (`[Errno 111] Connection refused`) when the
+    exception wraps one, else its first line."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    line = errno.group(0) if errno else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return line[:300]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL (relative to the current folder); None for anything else."""
+    if not url.lower().startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_store_url(url: str, what: str) -> None:
+    """Refuse, before anything is written, a database URL that cannot work: an SQLite file in a
+    folder that does not exist (or that is not an SQLite file), or a server that does not answer.
+    `what` names the flag in the message."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InputError(f"{what}: not a database URL ({short_reason(exc)})") from None
+    path = sqlite_path(url)
+    if parsed.get_backend_name() == "sqlite":
+        if path is not None:
+            _check_sqlite_file(path, what)
+        return
+    import sqlalchemy
+
+    timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=timeout)
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - missing driver, refused, bad credentials: all bad input
+        raise InputError(f"{what}: cannot connect ({short_reason(exc)})") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def _check_sqlite_file(path: Path, what: str) -> None:
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{what}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what}: folder {folder} is not writable")
+    if path.exists():
+        if not path.is_file():
+            raise InputError(f"{what}: {path} is not a file")
+        with path.open("rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise InputError(f"{what}: {path} is not an SQLite database")
+
+
+def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
+    """Fail fast on a tracking URI that cannot work (MLflow itself would retry an HTTP server
+    for minutes); nothing is written. Other schemes (file:, databricks) are left to MLflow."""
+    scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            requests.get(uri.rstrip("/") + "/health", timeout=10)
+        except requests.RequestException as exc:
+            raise InputError(f"{what} {uri}: unreachable ({short_reason(exc)})") from None
+    elif scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        check_store_url(uri, f"{what} {uri}")
 
 
 def _now_ms() -> int:
@@ -99,8 +184,11 @@ class StudyTracker:
 
     @classmethod
     def open(cls, tracking_uri: str, study: str) -> StudyTracker:
-        client = MlflowClient(tracking_uri)
-        experiment = client.get_experiment_by_name(study)
+        try:
+            client = MlflowClient(tracking_uri)
+            experiment = client.get_experiment_by_name(study)
+        except Exception as exc:  # noqa: BLE001 - a store MLflow cannot open is a bad --tracking-uri
+            raise InputError(f"tracking URI {tracking_uri}: cannot open ({short_reason(exc)})") from None
         if experiment is None:
             try:
                 return cls(client, client.create_experiment(study), study)
@@ -127,9 +215,41 @@ class StudyTracker:
         TrialRun(self.client, run.info.run_id).log_params(params)
         return run.info.run_id
 
-    def finish_parent(self, run_id: str, summary: dict[str, float]) -> None:
-        TrialRun(self.client, run_id).log_metrics(summary)
-        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FINISHED))
+    def resolve_parent(self, mine: str, window_s: float) -> str:
+        """Of the parent runs started up to `window_s` before `mine` and not ended (a state tag
+        other than RUNNING: a finished study of the same name), the earliest by (start_time,
+        run_id): workers that raced to create the study's parent run all pick the same one, on
+        any machine, with no lock."""
+        start = self.client.get_run(mine).info.start_time
+        found = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{ROLE}` = 'study' and attributes.start_time >= {start - int(window_s * 1000)}",
+            max_results=1000,
+        )
+        live = [(r.info.start_time, r.info.run_id) for r in found if r.data.tags.get(STATE, "RUNNING") == "RUNNING"]
+        return min(live + [(start, mine)])[1]
+
+    def reopen(self, run_id: str) -> None:
+        """A resumed study's parent run is RUNNING again while a worker works on it."""
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+            TrialRun(self.client, run_id).set_tags({STATE: "RUNNING"})
+
+    def end_parent(self, run_id: str, state: str, summary: dict[str, float]) -> None:
+        """COMPLETE -> FINISHED, INTERRUPTED -> KILLED, INCOMPLETE (trials failed) -> FAILED."""
+        status = {"COMPLETE": "FINISHED", "INTERRUPTED": "KILLED", "INCOMPLETE": "FAILED"}[state]
+        parent = TrialRun(self.client, run_id)
+        parent.log_metrics(summary)
+        parent.set_tags({STATE: state})
+        self.client.set_terminated(run_id, status=status)
+
+    def running_children(self, parent_id: str) -> list[Any]:
+        """Child runs of `parent_id` still marked RUNNING (live trials, or orphans of dead workers)."""
+        return self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`{PARENT}` = '{parent_id}' and attributes.status = 'RUNNING'",
+            max_results=1000,
+        )
 
     def start_trial(self, parent_id: str, number: int, name: str, tags: dict[str, Any]) -> TrialRun:
         run = self.client.create_run(

@@ -1,0 +1,111 @@
+"""Pruning pays (issue 6, point 5): studies/vae_tuning.yaml with its median pruner against the
+same study without pruning, same seeds.
+
+    python benchmarks/bench_pruning.py                   # median vs none (~15 min on 2 cores)
+    python benchmarks/bench_pruning.py --hyperband       # also Optuna's HyperbandPruner
+    python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
+
+Each variant is the study file's StudySpec with only `search.pruner` changed
+(`spec.model_copy`), run through `search.run_study` in its own temporary folder with the
+default local stores (Optuna SQLite, MLflow SQLite). Training epochs are counted from the
+trials' reported intermediate values (one per epoch), so a pruned trial counts the epochs it
+ran. TPE and the training seeds are the same in every variant; the trials diverge only once
+pruned trials feed back into TPE. `hyperband` is not (yet) a pruner name study files accept:
+with --hyperband this script registers it for its own run only.
+
+Prints a table, writes results/benchmarks/pruning.json.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, print_table, write_report
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from vaebench import config, search, tracking
+
+
+def with_pruner(spec: config.StudySpec, pruner: str, trials: int | None, epochs: int | None) -> config.StudySpec:
+    search_spec = spec.search.model_copy(update={"pruner": pruner} | ({"n_trials": trials} if trials else {}))
+    update: dict[str, Any] = {"search": search_spec}
+    if epochs:
+        update["train"] = spec.train.model_copy(update={"epochs": epochs})
+    return spec.model_copy(update=update)
+
+
+def run_variant(spec: config.StudySpec) -> dict[str, Any]:
+    tracking.quiet()
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        result = search.run_study(spec, storage_url=f"sqlite:///{tmp}/optuna.db",
+                                  tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+        wall = time.perf_counter() - start
+    trials = result.study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    return {
+        "pruner": spec.search.pruner,
+        "trials": len(trials),
+        "complete": states.count(TrialState.COMPLETE),
+        "pruned": states.count(TrialState.PRUNED),
+        "failed": states.count(TrialState.FAIL),
+        "epochs": sum(len(t.intermediate_values) for t in trials),
+        "max_epochs": spec.train.epochs * len(trials),
+        "best_val_elbo": result.study.best_value if complete else None,
+        "best_params": result.study.best_params if complete else None,
+        "wall_s": wall,
+        "per_trial": [{"number": t.number, "state": t.state.name, "epochs": len(t.intermediate_values),
+                       "params": t.params, "value": t.value} for t in trials],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=None, help="override n_trials (default: the study's)")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    parser.add_argument("--hyperband", action="store_true", help="also run Optuna's HyperbandPruner")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1; counts of epochs do not depend on it); 0: torch's default")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    spec, _ = config.load_study(str(ROOT / "studies" / "vae_tuning.yaml"))
+    pruners = ["none", spec.search.pruner if spec.search.pruner != "none" else "median"]
+    if args.hyperband:
+        epochs = args.epochs or spec.train.epochs
+        search.PRUNERS.setdefault("hyperband", lambda: optuna.pruners.HyperbandPruner(
+            min_resource=1, max_resource=epochs, reduction_factor=3))
+        pruners.append("hyperband")
+    rows = []
+    for pruner in pruners:
+        rows.append(run_variant(with_pruner(spec, pruner, args.trials, args.epochs)))
+        row = rows[-1]
+        print(f"{pruner}: {row['epochs']} epochs, best val_elbo {row['best_val_elbo']}, {row['wall_s']:.0f} s", flush=True)
+
+    base = rows[0]
+    for row in rows:
+        row["epochs_saved"] = 1.0 - row["epochs"] / base["epochs"]
+        row["elbo_gap"] = None if row["best_val_elbo"] is None else base["best_val_elbo"] - row["best_val_elbo"]
+    print(f"\nstudies/vae_tuning.yaml ({base['trials']} trials, up to {spec.train.epochs if not args.epochs else args.epochs} "
+          "epochs each), same seeds; elbo gap = unpruned best - this best (nats)")
+    print_table(rows, [("pruner", "pruner", ""), ("trials", "trials", "d"), ("complete", "complete", "d"),
+                       ("pruned", "pruned", "d"), ("epochs", "epochs", "d"), ("epochs_saved", "saved", ".0%"),
+                       ("best_val_elbo", "best val_elbo", ".2f"), ("elbo_gap", "gap nats", ".2f"),
+                       ("wall_s", "wall s", ".0f")])
+    targets = {f"{r['pruner']}: >= 40% fewer epochs, best within 1 nat":
+               r["epochs_saved"] >= 0.4 and r["elbo_gap"] is not None and r["elbo_gap"] <= 1.0 for r in rows[1:]}
+    for name, ok in targets.items():
+        print(f"{'PASS' if ok else 'MISS'}  {name}")
+    write_report("pruning", {"study": "studies/vae_tuning.yaml", "rows": rows, "targets": targets})
+
+
+if __name__ == "__main__":
+    main()
