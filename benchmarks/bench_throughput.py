@@ -10,9 +10,11 @@ optimizer (Adam, lr 1e-3):
 
 - `bare`: a hand-written loop: in-memory tensor, randperm index batches, the loss inline,
   `torch.optim.Adam(model.parameters(), lr)` as a user writes it.
-- `vaebench`: `train.fit(..., epochs=1)`; its `history.train_samples_per_s` counts training
-  steps only (its per-epoch validation is not timed, as the bare loop has none).
-- `vaebench_cl` (conv only): the same with the opt-in `channels_last=True`.
+- `vaebench`: one `train.fit` call for all rounds (one optimizer, as in real use), the other
+  contenders running in its epoch callback; an epoch's training time excludes fit's
+  validation pass (the bare loop has none), like fit's own `train_samples_per_s`.
+- `vaebench_1ep`, `vaebench_cl` (conv only): `train.fit(..., epochs=1)` per round (a new Adam
+  each call), without and with the opt-in `channels_last=True`.
 - `tutorial`: the usual tutorial pipeline: a per-sample `Dataset` + `DataLoader(shuffle=True)`,
   `loss.item()` every step.
 - `pythae`: pythae's `TrainingPipeline` trainer (`BaseTrainer`, what the pipeline builds) on a
@@ -127,6 +129,47 @@ def vaebench_fit(model: models.VAEModel, ds: data.Dataset, batch_size: int, **op
     return epoch
 
 
+class FitDriver:
+    """vaebench's contender: ONE `train.fit` call over all rounds, so one optimizer serves every
+    epoch as in real use (a new Adam per 1-epoch call costs ~5% of an mlp epoch here: its state's
+    first touch), with the other contenders run inside fit's epoch callback. An epoch's
+    training time is the time between two callbacks less fit's validation pass (timed by
+    wrapping `train.validation_metrics`), on both clocks; the sum over epochs is checked
+    against fit's own `history.train_seconds`."""
+
+    def __init__(self, model: models.VAEModel, ds: data.Dataset, batch_size: int) -> None:
+        self.model, self.ds, self.batch_size = model, ds, batch_size
+        self.history: train.History | None = None
+
+    def run(self, epochs: int, between: Callable[[int, Rates], None]) -> None:
+        validation = train.validation_metrics
+        spent = [0.0, 0.0]  # validation's wall and CPU seconds since the last callback
+        mark = [clocks()]
+        n = len(self.ds.train)
+
+        def timed_validation(*args: object, **kwargs: object) -> dict[str, float]:
+            start = clocks()
+            try:
+                return validation(*args, **kwargs)
+            finally:
+                now = clocks()
+                spent[0] += now[0] - start[0]
+                spent[1] += now[1] - start[1]
+
+        def callback(epoch: int, metrics: dict[str, float]) -> None:
+            now = clocks()
+            between(epoch - 1, (n / (now[0] - mark[0][0] - spent[0]), n / (now[1] - mark[0][1] - spent[1])))
+            spent[:] = [0.0, 0.0]
+            mark[0] = clocks()
+
+        train.validation_metrics = timed_validation
+        try:
+            self.history = train.fit(self.model, self.ds, epochs=epochs, batch_size=self.batch_size, lr=LR,
+                                     seed=0, callbacks=[callback])
+        finally:
+            train.validation_metrics = validation
+
+
 class PerSample(torch.utils.data.Dataset):
     """The tutorial's Dataset: one (image, label) pair per __getitem__."""
 
@@ -216,33 +259,41 @@ def pythae_trainer(model: models.VAEModel, x: torch.Tensor, batch_size: int, wor
     return epoch
 
 
-def contenders(arch: str, batch_size: int, ds: data.Dataset, peers: bool, workdir: str) -> dict[str, Epoch]:
+def contenders(
+    arch: str, batch_size: int, ds: data.Dataset, peers: bool, workdir: str
+) -> tuple[FitDriver, dict[str, Epoch]]:
     x, y = ds.train.x, ds.train.y
     model = build(arch, ds.input_shape)
     fresh = lambda: copy.deepcopy(model)  # noqa: E731 - same weights for everyone
-    out: dict[str, Epoch] = {
-        "bare": bare(fresh(), x, batch_size),
-        "vaebench": vaebench_fit(fresh(), ds, batch_size),
-    }
-    if arch == "conv":
+    driver = FitDriver(fresh(), ds, batch_size)
+    out: dict[str, Epoch] = {"bare": bare(fresh(), x, batch_size)}
+    if arch == "conv":  # 1-epoch fit calls: a new optimizer each (compare with vaebench_1ep)
+        out["vaebench_1ep"] = vaebench_fit(fresh(), ds, batch_size)
         out["vaebench_cl"] = vaebench_fit(fresh(), ds, batch_size, channels_last=True)
     if peers:
         out["tutorial"] = tutorial(fresh(), x, y, batch_size)
         if pythae_available():
             out["pythae"] = pythae_trainer(fresh(), x, batch_size, workdir)
-    return out
+    return driver, out
 
 
-def measure(epochs: dict[str, Epoch], repeats: int) -> dict[str, dict[str, list[float]]]:
-    """One warm-up round, then `repeats` rounds of one epoch each, order rotated per round:
-    {"wall": {contender: [samples/s, ...]}, "cpu": {...}}."""
-    samples: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in epochs}, "cpu": {n: [] for n in epochs}}
-    for rnd in range(repeats + 1):
+def measure(driver: FitDriver, epochs: dict[str, Epoch], repeats: int) -> dict[str, dict[str, list[float]]]:
+    """One warm-up round, then `repeats` rounds: an epoch of fit, then one of every other
+    contender in an order rotated per round: {"wall": {contender: [samples/s, ...]}, "cpu": {...}}."""
+    names = ["vaebench", *epochs]
+    samples: dict[str, dict[str, list[float]]] = {"wall": {n: [] for n in names}, "cpu": {n: [] for n in names}}
+
+    def record(rnd: int, name: str, rates_: Rates) -> None:
+        if rnd > 0:
+            samples["wall"][name].append(rates_[0])
+            samples["cpu"][name].append(rates_[1])
+
+    def others(rnd: int, fit_rates: Rates) -> None:
+        record(rnd, "vaebench", fit_rates)
         for name in rotated(list(epochs), rnd):
-            wall, cpu = epochs[name]()
-            if rnd > 0:
-                samples["wall"][name].append(wall)
-                samples["cpu"][name].append(cpu)
+            record(rnd, name, epochs[name]())
+
+    driver.run(repeats + 1, others)
     return samples
 
 
@@ -263,7 +314,8 @@ def summarise(arch: str, batch_size: int, samples: dict[str, list[float]]) -> di
     row: dict[str, object] = {"arch": arch, "batch": batch_size} | {f"{k}_sps": v for k, v in med.items()}
     row["vs_bare"] = ratio(med["vaebench"], med["bare"])
     row["paired_vs_bare"] = paired(samples, "vaebench", "bare")
-    row["cl_vs_bare"] = ratio(med.get("vaebench_cl"), med["bare"])
+    row["vs_1ep"] = ratio(med["vaebench"], med.get("vaebench_1ep"))
+    row["cl_vs_1ep"] = ratio(med.get("vaebench_cl"), med.get("vaebench_1ep"))
     row["vs_tutorial"] = ratio(med["vaebench"], med.get("tutorial"))
     row["vs_pythae"] = ratio(med["vaebench"], med.get("pythae"))
     return row
@@ -271,7 +323,7 @@ def summarise(arch: str, batch_size: int, samples: dict[str, list[float]]) -> di
 
 COLUMNS = [("arch", "model", ""), ("batch", "batch", "d"), ("bare_sps", "bare", ",.0f"),
            ("vaebench_sps", "vaebench", ",.0f"), ("vs_bare", "vb/bare", ".3f"), ("paired_vs_bare", "paired", ".3f"),
-           ("vaebench_cl_sps", "vb+chlast", ",.0f"), ("cl_vs_bare", "cl/bare", ".3f"),
+           ("vaebench_1ep_sps", "vb 1-ep calls", ",.0f"), ("cl_vs_1ep", "chlast/1-ep", ".3f"),
            ("tutorial_sps", "tutorial", ",.0f"), ("vs_tutorial", "vb/tutorial", ".2f"),
            ("pythae_sps", "pythae", ",.0f"), ("vs_pythae", "vb/pythae", ".2f")]
 
@@ -299,11 +351,13 @@ def main() -> None:
 
     ds = data.load("mnist5k", seed=0)
     rows: dict[str, list[dict[str, object]]] = {"wall": [], "cpu": []}
-    raw = {}
+    raw, fit_own = {}, {}
     with tempfile.TemporaryDirectory() as workdir:
         for arch in args.archs.split(","):
             for batch_size in (int(b) for b in args.batches.split(",")):
-                samples = measure(contenders(arch, batch_size, ds, not args.no_peers, workdir), args.repeats)
+                driver, others = contenders(arch, batch_size, ds, not args.no_peers, workdir)
+                samples = measure(driver, others, args.repeats)
+                fit_own[f"{arch}@{batch_size}"] = driver.history.train_samples_per_s  # all epochs, warm-up too
                 for clock in rows:
                     rows[clock].append(summarise(arch, batch_size, samples[clock]))
                 raw[f"{arch}@{batch_size}"] = samples
@@ -323,7 +377,7 @@ def main() -> None:
             print(f"{'PASS' if ok else 'MISS'}  {name} ({clock} clock)")
     write_report("throughput", {"repeats": args.repeats, "statistic": "median", "train_examples": len(ds.train),
                                 "pythae": pythae_available(), "rows": rows, "targets": targets,
-                                "samples_per_s": raw})
+                                "samples_per_s": raw, "fit_own_train_samples_per_s": fit_own})
 
 
 if __name__ == "__main__":
