@@ -12,13 +12,15 @@
 
        overhead per trial = (wall time - time in fit and evaluate) / trials
 
-   is what Optuna, MLflow, the data cache, model building and the per-trial artifacts
-   (pictures and the mlflow.pytorch model) cost, with the artifacts also shown on their own.
+   is what Optuna, MLflow, the data cache, model building and the artifacts (see
+   vaebench.artifacts) cost, with the artifacts also shown on their own.
 2. Flagship-sized trial (beta_sweep: MLP 512-256, 15 epochs on mnist5k): a trial as search
-   runs it (MLflow child run, params, per-epoch batched metrics, final metrics, pictures,
-   the logged model) against the same training and evaluation with no tracking at all,
-   interleaved, median over `--repeats`. Tracking's share = tracked / untracked - 1, on the
+   runs it (MLflow child run, params, per-epoch batched metrics, final metrics, image grids,
+   weights) against the same training and evaluation with no tracking at all, interleaved,
+   median over `--repeats`. Tracking's share = tracked / untracked - 1, on the
    wall clock and on the process's CPU time (which the neighbours' load does not inflate).
+   The best trial's charts and MLflow model, made once per study, are timed apart and
+   spread over the study's trials.
 
 Prints tables, writes results/benchmarks/overhead.json.
 """
@@ -36,7 +38,7 @@ from typing import Any
 
 from common import median, print_table, rotated, timed, write_report
 
-from vaebench import config, metrics, search, tracking, train
+from vaebench import artifacts, config, metrics, search, tracking, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -95,7 +97,7 @@ def tiny_trials(storage: str, warmup: int, trials: int) -> dict[str, float]:
         uri = f"sqlite:///{tmp}/mlflow.db"
         search.run_study(tiny_spec(warmup), storage_url=storage, tracking_uri=uri, n_trials=warmup)
         targets = {"fit": (train, "fit"), "evaluate": (metrics, "evaluate"),
-                   "artifacts": (search, "log_trial_artifacts")}
+                   "artifacts": (artifacts, "log_trial"), "best_artifacts": (artifacts, "log_full")}
         with clocked(targets) as spent:
             start, cpu_start = time.perf_counter(), time.process_time()
             result = search.run_study(tiny_spec(warmup + trials), storage_url=storage, tracking_uri=uri,
@@ -105,8 +107,8 @@ def tiny_trials(storage: str, warmup: int, trials: int) -> dict[str, float]:
     compute = spent["fit"] + spent["evaluate"]
     return {"storage": storage, "trials": trials, "wall_per_trial_s": wall / trials,
             "compute_per_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute) / trials,
-            "artifacts_per_trial_s": spent["artifacts"] / trials,
-            "overhead_without_artifacts_s": (wall - compute - spent["artifacts"]) / trials,
+            "artifacts_per_trial_s": (spent["artifacts"] + spent["best_artifacts"]) / trials,
+            "overhead_without_artifacts_s": (wall - compute - spent["artifacts"] - spent["best_artifacts"]) / trials,
             "cpu_per_trial_s": cpu / trials}
 
 
@@ -150,9 +152,16 @@ def flagship_share(repeats: int) -> dict[str, Any]:
                 cpu_start = time.process_time()
                 seconds[name].append(timed(variants[name]))
                 cpu[name].append(time.process_time() - cpu_start)
+        best = []  # the best trial's charts + MLflow model, made once per study at its end
+        for number in range(repeats):
+            run = tracker.start_trial(parent, 10**6 + number, "best", {})
+            best.append(timed(lambda: artifacts.log_full(search.build_model(cfg, ds), ds, run, tracker.experiment_id)))
     t, u = median(seconds["tracked"]), median(seconds["untracked"])
     tc, uc = median(cpu["tracked"]), median(cpu["untracked"])
+    per_study = median(best) / spec.search.total_trials
     return {"tracked_s": t, "untracked_s": u, "tracking_share": t / u - 1.0, "seconds": seconds,
+            "best_artifacts_s": median(best), "trials_per_study": spec.search.total_trials,
+            "tracking_share_with_best": (t + per_study) / u - 1.0,
             "tracked_cpu_s": tc, "untracked_cpu_s": uc, "tracking_share_cpu": tc / uc - 1.0, "cpu_seconds": cpu,
             "epochs": cfg.train.epochs}
 
@@ -182,8 +191,12 @@ def main() -> None:
               f"untracked {share['untracked_s']:.2f} s -> tracking adds {100 * share['tracking_share']:.1f}%; "
               f"CPU seconds {share['tracked_cpu_s']:.2f} vs {share['untracked_cpu_s']:.2f} -> "
               f"{100 * share['tracking_share_cpu']:.1f}%")
+        print(f"The best trial's charts and MLflow model, once per study: {share['best_artifacts_s']:.2f} s; "
+              f"spread over the study's {share['trials_per_study']} trials tracking adds "
+              f"{100 * share['tracking_share_with_best']:.1f}%")
         report["flagship"] = share
         report["targets"]["tracking <= 3% of a flagship trial (wall)"] = share["tracking_share"] <= 0.03
+        report["targets"]["tracking <= 3% incl. the best trial's set (wall)"] = share["tracking_share_with_best"] <= 0.03
         report["targets"]["tracking <= 3% of a flagship trial (CPU)"] = share["tracking_share_cpu"] <= 0.03
     for name, ok in report["targets"].items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")

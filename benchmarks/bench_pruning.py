@@ -2,7 +2,7 @@
 same study without pruning, same seeds.
 
     python benchmarks/bench_pruning.py                   # median vs none (~15 min on 2 cores)
-    python benchmarks/bench_pruning.py --hyperband       # also Optuna's HyperbandPruner
+    python benchmarks/bench_pruning.py --hyperband       # also the hyperband pruner
     python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
 
 Each variant is the study file's StudySpec with only `search.pruner` changed
@@ -10,8 +10,7 @@ Each variant is the study file's StudySpec with only `search.pruner` changed
 default local stores (Optuna SQLite, MLflow SQLite). Training epochs are counted from the
 trials' reported intermediate values (one per epoch), so a pruned trial counts the epochs it
 ran. TPE and the training seeds are the same in every variant; the trials diverge only once
-pruned trials feed back into TPE. `hyperband` is not (yet) a pruner name study files accept:
-with --hyperband this script registers it for its own run only.
+pruned trials feed back into TPE.
 
 Prints a table, writes results/benchmarks/pruning.json.
 """
@@ -25,7 +24,6 @@ from typing import Any
 
 from common import ROOT, print_table, write_report
 
-import optuna
 import torch
 from optuna.trial import TrialState
 
@@ -79,10 +77,7 @@ def main() -> None:
 
     spec, _ = config.load_study(str(ROOT / "studies" / "vae_tuning.yaml"))
     pruners = ["none", spec.search.pruner if spec.search.pruner != "none" else "median"]
-    if args.hyperband:
-        epochs = args.epochs or spec.train.epochs
-        search.PRUNERS.setdefault("hyperband", lambda: optuna.pruners.HyperbandPruner(
-            min_resource=1, max_resource=epochs, reduction_factor=3))
+    if args.hyperband and "hyperband" not in pruners:
         pruners.append("hyperband")
     rows = []
     for pruner in pruners:

@@ -129,3 +129,57 @@ def test_find_study_by_name_from_another_folder(tmp_path: Path, monkeypatch: pyt
     assert find_study("smoke").resolve() == (local / "smoke.yaml").resolve()  # ./studies first
     with pytest.raises(InputError, match="no such study"):
         find_study("does_not_exist")
+
+
+def test_list_choices_reach_optuna_as_labels_and_trials_as_values() -> None:
+    """Optuna takes scalar choices only: a list choice (hidden widths) goes through its label."""
+    import optuna
+
+    from vaebench import search
+
+    spec = StudySpec.model_validate(mutate(search={"sampler": "grid", "space": {
+        "model.hidden": [[32, 16], [64]], "model.beta": [1.0]}}))
+    assert spec.search.choices("model.hidden") == {"[32, 16]": [32, 16], "[64]": [64]}
+    study = optuna.create_study(sampler=search.SAMPLERS["grid"](spec))
+    seen = []
+
+    def objective(trial: optuna.Trial) -> float:
+        params = search.suggest(trial, spec)
+        seen.append(spec.with_params(params).model.hidden)
+        assert trial.params["model.hidden"] == str(list(params["model.hidden"]))
+        assert spec.search.values(trial.params) == params
+        return 0.0
+
+    study.optimize(objective, n_trials=2)
+    assert sorted(seen) == [(32, 16), (64,)] and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.parametrize(("arch", "hidden", "ok"), [
+    ("mlp", [64, 32], True), ("conv", 128, True), ("mlp", 64, False), ("conv", [128], False)])
+def test_hidden_is_a_list_for_mlp_and_one_width_for_conv(tmp_path: Path, arch: str, hidden: object, ok: bool) -> None:
+    raw = mutate(model={"arch": arch, "hidden": hidden}, search={"sampler": "grid", "space": {"seed": [0]}})
+    if ok:
+        spec = StudySpec.model_validate(raw)
+        assert spec.with_params({}).model.hidden == (tuple(hidden) if isinstance(hidden, list) else hidden)
+    else:
+        assert "hidden: arch" in error_of(tmp_path, raw)
+
+
+@pytest.mark.parametrize("pruner", ["none", "median", "hyperband"])
+def test_every_pruner_name_builds_an_optuna_pruner(pruner: str) -> None:
+    import optuna
+
+    from vaebench import search
+
+    spec = StudySpec.model_validate(mutate(search={"pruner": pruner}))
+    assert isinstance(search.PRUNERS[pruner](spec), optuna.pruners.BasePruner)
+
+
+def test_a_mapping_choice_is_checked_against_its_objective(tmp_path: Path) -> None:
+    ok = StudySpec.model_validate(mutate(search={"sampler": "grid", "space": {
+        "model": [{"objective": "beta_vae", "beta": 4.0}, {"objective": "annealed_vae", "c_max": 5.0}]}}))
+    cfg = ok.with_params(ok.search.values({"model": "objective=annealed_vae c_max=5.0"}))
+    assert (cfg.model.objective, cfg.model.c_max, cfg.model.beta, cfg.model.latent_dim) == ("annealed_vae", 5.0, None, 4)
+    message = error_of(tmp_path, mutate(search={"sampler": "grid", "space": {
+        "model": [{"objective": "annealed_vae", "beta": 4.0}]}}))
+    assert "search.space.model" in message and "'beta' does not apply" in message

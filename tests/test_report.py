@@ -84,7 +84,8 @@ def test_markdown_table_parses_back_to_the_csv(smoke: Path) -> None:
     parsed = report.parse_markdown_table(table.split("\n\n")[0])
     assert list(parsed["config"]) == list(board["config"])
     for _, (row, csv_row) in enumerate(zip(parsed.to_dict("records"), board.to_dict("records"))):
-        for metric in ("val_elbo", "test_elbo", "test_kl", "test_nmi"):
+        assert "test_iwae_ll" not in row  # not measured by the smoke study: no column
+        for metric in ("val_elbo", "test_elbo", "test_kl", "test_nmi", "test_active_units"):
             mean, ci = (float(v) for v in row[metric].split(" ± "))
             assert mean == pytest.approx(csv_row[f"{metric}_mean"], abs=0.006)
             assert ci == pytest.approx(csv_row[f"{metric}_ci95"], abs=0.006)
@@ -123,3 +124,29 @@ def test_report_of_unknown_study_exits_2_and_writes_nothing(smoke: Path, tmp_pat
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "nope" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_path: Path) -> None:
+    """A mapping choice under `model` (as in studies/disentangle.yaml): each trial gets only the
+    settings its objective takes, the leaderboard tells the configurations apart by the keys
+    the mappings set, and the report, Optuna figures included, is built."""
+    import yaml
+
+    (tmp_path / "pairs.yaml").write_text(yaml.safe_dump({
+        "name": "pairs", "dataset": {"name": "digits"},
+        "model": {"arch": "mlp", "objective": "vae", "latent_dim": 2, "hidden": [16]},
+        "train": {"epochs": 1, "batch_size": 256},
+        "search": {"sampler": "grid", "space": {
+            "model": [{"objective": "beta_vae", "beta": 4.0}, {"objective": "annealed_vae", "c_max": 5.0}],
+            "seed": [0, 1]}},
+    }, sort_keys=False))
+    result = vaebench(tmp_path, "run", "--study", "pairs.yaml", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    board = pd.read_csv(tmp_path / "results" / "pairs" / "leaderboard.csv")
+    assert sorted(board["config"]) == ["objective=annealed_vae c_max=5", "objective=beta_vae beta=4"]
+    assert list(board["n_seeds"]) == [2, 2]
+    annealed = board.set_index("config").loc["objective=annealed_vae c_max=5"]
+    assert pd.isna(annealed["param.model.beta"]) and annealed["param.model.c_max"] == 5.0
+    folder = tmp_path / "results" / "pairs"
+    assert (folder / "figures" / "metrics_vs_objective.png").is_file()
+    assert (folder / "figures" / "optuna" / "optimization_history.png").is_file()

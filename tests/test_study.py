@@ -78,10 +78,34 @@ def test_per_epoch_history_and_artifacts(smoke: Path) -> None:
         history = client.get_metric_history(child.info.run_id, "val_elbo")
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"reconstructions.png", "samples.png", "latent_pca.png", "traversals.png", "kl_per_dim.png",
-                "kl_per_dim.csv"} <= artifacts
-        model_uri = child.data.tags["vaebench.model_uri"]
-        assert model_uri.startswith("models:/")
+        assert {"reconstructions.png", "samples.png", "kl_per_dim.csv", "weights"} <= artifacts
+
+
+def test_best_trial_alone_gets_charts_and_a_loadable_model_in_its_experiment(smoke: Path) -> None:
+    """Every trial keeps its weights; only the best one (by val_elbo) gets the costly set,
+    rebuilt from those weights, its MLflow model created in the study's experiment."""
+    import mlflow.pytorch
+    import torch
+
+    client = client_for(smoke)
+    _, children = runs_of(smoke)
+    best = max(children, key=lambda c: c.data.metrics["val_elbo"])
+    for child in children:
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        has_full = {"latent_pca.png", "traversals.png", "kl_per_dim.png"} <= artifacts
+        assert has_full == ("vaebench.model_uri" in child.data.tags) == (child.info.run_id == best.info.run_id)
+        weights = client.download_artifacts(child.info.run_id, "weights/state_dict.pt", str(smoke / "dl" / child.info.run_id))
+        assert any(k.startswith("encoder") for k in torch.load(weights, weights_only=True))
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    logged = client.search_logged_models(experiment_ids=[experiment])
+    assert [m.source_run_id for m in logged] == [best.info.run_id]
+    assert not client.search_logged_models(experiment_ids=["0"])  # nothing strays into Default
+    mlflow.set_tracking_uri(f"sqlite:///{smoke / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(best.data.tags["vaebench.model_uri"])
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        reconstruction = model(x)
+    assert reconstruction.shape == x.shape and 0 <= float(reconstruction.min()) <= float(reconstruction.max()) <= 1
 
 
 def test_trials_csv_equals_the_tracked_metrics(smoke: Path) -> None:

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads for this worker (default: torch's; use 1 with several workers)")
+    run.add_argument("--artifacts", choices=("best", "all"), default="best",
+                     help="which trials get the charts and MLflow model (every trial gets image grids "
+                          "and weights; default best: the study's best trial, at the end)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
@@ -119,11 +122,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
-                                      data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop)
+                                      data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
+                                      artifacts_mode=args.artifacts)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
-              f"(Optuna storage {args.storage}, study '{spec.name}')")
-        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking_uri}"
+              f"(Optuna storage {tracking.redact(args.storage)}, study '{spec.name}')")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking.redact(tracking_uri)}"
               f"  -> `mlflow ui` in this folder")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"

@@ -19,6 +19,17 @@ from vaebench.errors import InputError
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
 
 Scalar = bool | int | float | str
+# A list is one choice (hidden widths [512, 256]); a mapping sets several keys of a section
+# together ({objective: beta_tcvae, beta: 6} under `model`), for settings that go in pairs.
+Choice = Scalar | list[Scalar] | dict[str, Scalar]
+
+
+def choice_label(value: Choice) -> Scalar:
+    """What Optuna stores for a categorical choice (it takes scalars only): a list choice is
+    its str, `[512, 256]`; a mapping `objective=beta_tcvae beta=6`."""
+    if isinstance(value, dict):
+        return " ".join(f"{k}={v}" for k, v in value.items())
+    return str(list(value)) if isinstance(value, (list, tuple)) else value
 
 
 class _Strict(BaseModel):
@@ -55,7 +66,7 @@ class ModelSpec(_Strict):
     c_max: float | None = Field(None, ge=0, description="annealed_vae: final capacity C in nats")
     c_steps: int | None = Field(None, ge=1, description="annealed_vae: steps over which C rises from 0 to c_max")
     k: int | None = Field(None, ge=1, description="iwae: importance samples per example in training")
-    hidden: tuple[int, ...] | None = None
+    hidden: int | tuple[int, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
     channels: tuple[int, ...] | None = None
 
     def hparams(self) -> dict[str, Any]:
@@ -74,13 +85,16 @@ class ModelSpec(_Strict):
         ):
             if name not in known:
                 raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
-        accepted = set(models.arch_hparams(self.arch)) | set(models.objective_hparams(self.objective))
-        for key in self.hparams():
-            if key not in accepted:
+        defaults = models.arch_hparams(self.arch) | models.objective_hparams(self.objective)
+        for key, value in self.hparams().items():
+            if key not in defaults:
                 raise ValueError(
                     f"{key!r} does not apply to arch {self.arch!r} with objective {self.objective!r}"
-                    f" (they take: {', '.join(sorted(accepted)) or 'nothing'})"
+                    f" (they take: {', '.join(sorted(defaults)) or 'nothing'})"
                 )
+            if isinstance(defaults[key], tuple) != isinstance(value, tuple):  # a width vs a list of widths
+                raise ValueError(f"{key}: arch {self.arch!r} takes {'a list' if isinstance(defaults[key], tuple) else 'one number'}"
+                                 f", like {list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]}")
         return self
 
 
@@ -116,11 +130,11 @@ class Range(_Strict):
 
 class SearchSpec(_Strict):
     sampler: Literal["grid", "tpe", "random"] = "tpe"
-    pruner: Literal["none", "median"] = "none"
+    pruner: Literal["none", "median", "hyperband"] = "none"
     n_trials: int | None = Field(None, ge=1, description="grid: defaults to (and must equal) the grid size")
     objective: str = "val_elbo"
     direction: Literal["maximize", "minimize"] = "maximize"
-    space: dict[str, list[Scalar] | Range] = Field(default_factory=dict)
+    space: dict[str, list[Choice] | Range] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchSpec:
@@ -140,6 +154,14 @@ class SearchSpec(_Strict):
         if not self.objective.startswith(("val_", "train_")):
             raise ValueError(f"objective: {self.objective!r} must be a val_ or train_ metric (test is never optimised)")
         return self
+
+    def choices(self, key: str) -> dict[Scalar, Choice]:
+        """A categorical dimension's choices by their Optuna label."""
+        return {choice_label(c): c for c in self.space[key]}
+
+    def values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Optuna's params (labels for list choices) as setting values."""
+        return {k: self.choices(k)[v] if isinstance(self.space.get(k), list) else v for k, v in params.items()}
 
     def grid_size(self) -> int:
         return math.prod(len(d) for d in self.space.values() if isinstance(d, list))
@@ -184,7 +206,12 @@ class StudySpec(_Strict):
                 node = node[part]
             if leaf not in node:
                 raise ValueError(f"search.space.{key}: no such setting")
-            node[leaf] = value
+            if isinstance(value, dict):
+                if not isinstance(node[leaf], dict):
+                    raise ValueError(f"search.space.{key}: a mapping choice needs a section such as `model`")
+                node[leaf] = node[leaf] | value
+            else:
+                node[leaf] = value
         return TrialConfig.model_validate(tree)
 
 

@@ -23,11 +23,14 @@ from mlflow import MlflowClient
 from scipy import stats
 
 from vaebench import tracking as tk
+from vaebench.config import choice_label
 from vaebench.errors import InputError
 
 TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
 CONFIG_ID_COLUMNS = ["rank", "config", "n_seeds", "seeds", "trials"]
 HEADLINE = ["test_elbo", "test_recon", "test_kl", "test_nmi", "test_probe_acc", "train_samples_per_s"]
+# in report.md's table too when a study measures them (IWAE likelihood, disentanglement)
+OPTIONAL = ["test_iwae_ll", "test_active_units", "test_mig", "test_dci_disentanglement"]
 STATS = ("mean", "std", "ci95", "n")
 BEST_RUN_PICTURES = ("reconstructions.png", "samples.png", "latent_pca.png", "traversals.png", "kl_per_dim.png")
 
@@ -46,8 +49,13 @@ class StudyRecord:
 
     @property
     def swept(self) -> list[str]:
-        """Searched keys other than `seed`: what distinguishes one configuration from another."""
-        return [k for k in self.space if k != "seed"]
+        """Searched settings other than `seed`: what distinguishes one configuration from
+        another (a mapping choice under `model` sweeps `model.<each of its keys>`)."""
+        keys: list[str] = []
+        for k, dom in self.space.items():
+            subs = [f"{k}.{sub}" for c in dom if isinstance(c, dict) for sub in c] if isinstance(dom, list) else []
+            keys += list(dict.fromkeys(subs)) or ([k] if k != "seed" else [])
+        return keys
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -157,8 +165,19 @@ def aggregate(trials: pd.DataFrame, config_columns: list[str], metrics: list[str
 
 def config_label(row: pd.Series, swept: list[str]) -> str:
     """`beta=0.5`: the swept values that define this configuration."""
-    parts = [f"{k.rsplit('.', 1)[-1]}={_short(row.get(f'param.{k}'))}" for k in swept]
+    parts = [f"{k.rsplit('.', 1)[-1]}={_short(row.get(f'param.{k}'))}" for k in swept
+             if not pd.isna(row.get(f"param.{k}"))]  # a key one mapping choice does not set
     return " ".join(parts) or "all"
+
+
+def _same(logged: Any, choice: Any) -> bool:
+    """A param as MLflow logged it (a string) is this choice."""
+    if isinstance(choice, (int, float)) and not isinstance(choice, bool):
+        try:
+            return float(logged) == float(choice)
+        except (TypeError, ValueError):
+            return False
+    return str(logged) == str(choice)
 
 
 def _short(value: Any) -> str:
@@ -241,7 +260,7 @@ def _versions(record: StudyRecord) -> list[str]:
         f"python {tag_values('python_version')}",
         f"- device: {tag_values('device')}; host: {tag_values('host')}",
         f"- dataset fingerprint: {tag_values('dataset_fingerprint')}",
-        f"- tracking store: `{record.tracking_uri}`, parent run `{record.parent.info.run_id}`",
+        f"- tracking store: `{tk.redact(record.tracking_uri)}`, parent run `{record.parent.info.run_id}`",
     ]
 
 
@@ -252,15 +271,21 @@ def _optuna_study(record: StudyRecord) -> Any:
 
     def distribution(dom: Any) -> Any:
         if isinstance(dom, list):
-            return CategoricalDistribution(dom)
+            return CategoricalDistribution([choice_label(c) for c in dom])
         if dom.get("type") == "int":
             return IntDistribution(int(dom["low"]), int(dom["high"]), log=dom.get("log", False))
         return FloatDistribution(dom["low"], dom["high"], log=dom.get("log", False))
 
-    def value(dom: Any, logged: str) -> Any:
+    def logged(row: pd.Series, key: str, choice: Any) -> bool:
+        if isinstance(choice, dict):
+            return all(_same(row.get(f"param.{key}.{sub}"), v) for sub, v in choice.items())
+        return _same(row.get(f"param.{key}"), choice)
+
+    def value(key: str, dom: Any, row: pd.Series) -> Any:
         if isinstance(dom, list):
-            return next(c for c in dom if str(c) == logged)
-        return int(float(logged)) if dom.get("type") == "int" else float(logged)
+            return next(choice_label(c) for c in dom if logged(row, key, c))
+        raw = row[f"param.{key}"]
+        return int(float(raw)) if dom.get("type") == "int" else float(raw)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=record.study, direction=record.direction)
@@ -268,7 +293,7 @@ def _optuna_study(record: StudyRecord) -> Any:
     for _, row in record.finished.iterrows():
         if not math.isfinite(row.get(record.objective, math.nan)):
             continue
-        params = {k: value(record.space[k], row[f"param.{k}"]) for k in record.space}
+        params = {k: value(k, dom, row) for k, dom in record.space.items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row[record.objective]))
     return study
 
@@ -322,7 +347,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     pictures = _figures(record, board, folder / "figures")
     params = record.parent.data.params
     best = board.iloc[0]
-    metrics = [record.objective] + [m for m in HEADLINE if m != record.objective]
+    measured = [m for m in OPTIONAL if board.get(f"{m}_mean", pd.Series(dtype=float)).notna().any()]
+    metrics = [record.objective] + [m for m in measured + HEADLINE if m != record.objective]
     study_file = record.parent.data.tags.get("vaebench.study_file", f"{record.study}")
     lines = [
         f"# {record.study}",

@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import socket
-import tempfile
 import time
 import threading
 import traceback
@@ -48,8 +47,8 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import __version__, data, figures, metrics, models, train
-from vaebench.config import Range, StudySpec, TrialConfig
+from vaebench import __version__, artifacts, data, metrics, models, train
+from vaebench.config import Range, StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.tracking import (
     DIRECTION, OBJECTIVE, TRIAL, StudyTracker, TensorBoardRun, TrialRun, check_store_url, short_reason,
@@ -141,13 +140,18 @@ class GridSampler(_PerTrialSeed, optuna.samplers.GridSampler):
 
 
 SAMPLERS: dict[str, Callable[[StudySpec], optuna.samplers.BaseSampler]] = {
-    "grid": lambda s: GridSampler(dict(s.search.space), seed=s.seed),
+    "grid": lambda s: GridSampler({k: list(s.search.choices(k)) for k in s.search.space}, seed=s.seed),
     "tpe": lambda s: TPESampler(seed=s.seed),
     "random": lambda s: RandomSampler(seed=s.seed),
 }
-PRUNERS: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
-    "none": optuna.pruners.NopPruner,
-    "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
+    "none": lambda s: optuna.pruners.NopPruner(),
+    # stop a trial whose val metric at an epoch (from the 2nd on) is worse than the median
+    # of earlier trials at that epoch, once 5 trials have run unpruned
+    "median": lambda s: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+    # successive halving in brackets of 1, 3, 9, ... epochs up to the study's epochs
+    "hyperband": lambda s: optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=s.train.epochs, reduction_factor=3),
 }
 
 
@@ -255,7 +259,7 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage) -> optun
         study_name=spec.name,
         storage=storage,
         sampler=SAMPLERS[spec.search.sampler](spec),
-        pruner=PRUNERS[spec.search.pruner](),
+        pruner=PRUNERS[spec.search.pruner](spec),
         direction=spec.search.direction,
         load_if_exists=True,
     )
@@ -289,16 +293,18 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
             else:
                 params[key] = trial.suggest_float(key, dom.low, dom.high, log=dom.log)
         else:
-            params[key] = trial.suggest_categorical(key, dom)
-    return params
+            params[key] = trial.suggest_categorical(key, list(spec.search.choices(key)))
+    return spec.search.values(params)
 
 
 def run_name(number: int, params: dict[str, Any]) -> str:
     """`t007 beta=4 seed=1`: the trial number and its sampled values, short keys."""
-    def fmt(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    def fmt(k: str, v: Any) -> str:
+        if isinstance(v, dict):  # a mapping choice: its keys
+            return " ".join(fmt(sub, x) for sub, x in v.items())
+        return f"{k.rsplit('.', 1)[-1]}=" + (f"{v:.4g}" if isinstance(v, float) else str(choice_label(v)))
 
-    return " ".join([f"t{number:03d}"] + [f"{k.rsplit('.', 1)[-1]}={fmt(v)}" for k, v in params.items()])
+    return " ".join([f"t{number:03d}"] + [fmt(k, v) for k, v in params.items()])
 
 
 def build_model(cfg: TrialConfig, ds: data.Dataset) -> models.VAEModel:
@@ -319,11 +325,12 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
 
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
-    board: TensorBoardRun | None = None,
+    board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
 ) -> dict[str, float]:
-    """fit + evaluate one config, logging each epoch and the final scores to `run` (and `board`)."""
+    """fit + evaluate one config, logging each epoch, the final scores and the per-trial
+    artifacts to `run` (and `board`); the full set too when given the experiment to put it in."""
     model = build_model(cfg, ds)
-    log_epoch = lambda epoch, m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch)  # noqa: E731
+    log_epoch = lambda epoch, m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch, buffered=True)  # noqa: E731
     loggers = [log_epoch] + ([board.log_epoch] if board else [])
     history = train.fit(
         model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
@@ -343,40 +350,10 @@ def train_and_evaluate(
     run.log_metrics(final, step=cfg.train.epochs)  # the last epoch's val_* are logged already
     if board:
         board.log_epoch(cfg.train.epochs, final)
-    log_trial_artifacts(model, ds, run, board, step=cfg.train.epochs)
+    artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
+    if full_artifacts_in is not None:
+        artifacts.log_full(model, ds, run, full_artifacts_in)
     return history.last | final
-
-
-def log_trial_artifacts(
-    model: models.VAEModel, ds: data.Dataset, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0
-) -> None:
-    """Pictures of the trained model, its per-dimension KL, and the model itself (MLflow format)."""
-    import mlflow.pytorch
-
-    x = ds.test.x
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        pictures = [figures.reconstructions(model, x, folder / "reconstructions.png")]
-        means = metrics.posterior_means(model, x)
-        pictures.append(figures.latent_pca(means, ds.test.y.numpy(), folder / "latent_pca.png"))
-        if model.is_variational:
-            pictures.append(figures.samples(model, folder / "samples.png"))
-            pictures.append(figures.traversals(model, x[:1], folder / "traversals.png"))
-            kl = metrics.kl_per_dim(model, x)
-            pictures.append(figures.kl_per_dim(kl, folder / "kl_per_dim.png"))
-            table = folder / "kl_per_dim.csv"
-            table.write_text("dim,kl_nats\n" + "".join(f"{d},{v:.6g}\n" for d, v in enumerate(kl)))
-            pictures.append(table)
-        for path in pictures:
-            run.log_artifact(path)
-            if board and path.suffix == ".png":
-                board.log_picture(path, step)
-    model.eval()
-    example = x[:2].to(next(model.parameters()).device)
-    info = mlflow.pytorch.log_model(model, name="model", input_example=example.cpu().numpy(),
-                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                    run_id=run.run_id)
-    run.set_tags({"vaebench.model_uri": info.model_uri})
 
 
 @dataclass
@@ -492,10 +469,11 @@ class Worker:
     def __init__(
         self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
         progress: Progress, stop: threading.Event, data_dir: str | None = None,
-        tensorboard_dir: str | None = None,
+        tensorboard_dir: str | None = None, artifacts_mode: str = "best",
     ) -> None:
         self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
         self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
+        self.artifacts_mode = artifacts_mode
         self.me = Process.current()
         self.heartbeat = is_heartbeat_enabled(study._storage)
         self.failures: dict[int, str] = {}
@@ -567,6 +545,8 @@ class Worker:
             interrupted = True
             self.on_interrupt()
         interrupted = interrupted or self.stop.is_set()
+        if not interrupted:
+            self.finish_best()
         trials = self.study.get_trials(deepcopy=False)
         done = sum(t.state in DONE for t in trials)
         if not complete or self.tracker.client.get_run(self.parent_id).info.status != "FINISHED":
@@ -626,6 +606,22 @@ class Worker:
             requeue(self.study, trial, retry=False)  # not a trial that failed on its own, or was not needed
         if current.run and self.tracker.client.get_run(current.run.run_id).info.status == "RUNNING":
             current.run.finish("INTERRUPTED", INTERRUPTED)
+
+    def finish_best(self) -> None:
+        """Give the best trial so far the full artifact set (charts, MLflow model), rebuilt
+        from its logged weights, unless it has it. Every worker does this as it ends, so
+        the last one to end covers the study's final best."""
+        try:
+            best = self.study.best_trial
+        except ValueError:  # no complete trial
+            return
+        run_id = best.user_attrs.get("mlflow_run_id")
+        if not run_id or artifacts.has_full(self.tracker.client, run_id):
+            return
+        cfg = self.spec.with_params(self.spec.search.values(best.params))
+        ds = load_data(cfg, self.data_dir)
+        model = artifacts.load_weights(self.tracker.client, run_id, build_model(cfg, ds))
+        artifacts.log_full(model, ds, TrialRun(self.tracker.client, run_id), self.tracker.experiment_id)
 
     def end_parent(self, trials: list[FrozenTrial], done: int, interrupted: bool) -> None:
         """FINISHED once the study is complete; else, when no other worker is running a trial,
@@ -693,7 +689,8 @@ class Worker:
 
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
-            final = train_and_evaluate(cfg, ds, run, [report], board)
+            full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
+            final = train_and_evaluate(cfg, ds, run, [report], board, full)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             raise
@@ -740,11 +737,12 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
 def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
-    tensorboard_dir: str | None = None, stop: threading.Event | None = None,
+    tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "best",
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
-    `stop`, once set (the CLI's first Ctrl-C), ends the running trial after its epoch as if
+    `artifacts_mode` "best" gives only the best trial the costly artifacts (see
+    vaebench.artifacts), "all" every trial. `stop`, once set (the CLI's first Ctrl-C), ends the running trial after its epoch as if
     interrupted, and starts no other; the result then has `interrupted` set.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by vaebench
@@ -755,5 +753,5 @@ def run_study(
         tracker = StudyTracker.open(tracking_uri, spec.name)
         parent_id = parent_run(spec, study, tracker, study_path)
     worker = Worker(spec, study, tracker, parent_id, total, progress or Progress(), stop or threading.Event(),
-                    data_dir, tensorboard_dir)
+                    data_dir, tensorboard_dir, artifacts_mode)
     return worker.run()

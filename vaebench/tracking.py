@@ -12,7 +12,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,8 @@ PARENT = "mlflow.parentRunId"
 # How a trial's end maps onto MLflow's run status.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
+_MAX_METRICS = 1000  # and of metrics
+FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are written
 
 
 def quiet() -> None:
@@ -42,6 +44,11 @@ def quiet() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def redact(url: str) -> str:
+    """A store URL fit to print: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`."""
+    return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", url)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -150,12 +157,24 @@ class TrialRun:
 
     client: MlflowClient
     run_id: str
+    flush_s: float = FLUSH_S
+    buffer: list[Metric] = field(default_factory=list)
+    flushed_at: float = field(default_factory=time.monotonic)
 
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+    def log_metrics(self, metrics: dict[str, float], step: int = 0, buffered: bool = False) -> None:
+        """Logs in one batched call. `buffered` (per-epoch metrics) holds them until `flush_s`
+        has passed since the last write, then writes all held epochs, steps and times kept,
+        in one call: a write costs ~6 ms on SQLite, so one per epoch would be 3% of a
+        flagship trial on its own. `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
-        batch = [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
-        if batch:
-            self.client.log_batch(self.run_id, metrics=batch)
+        self.buffer += [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
+        if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.buffer), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=self.buffer[i : i + _MAX_METRICS])
+        self.buffer, self.flushed_at = [], time.monotonic()
 
     def log_params(self, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)) for k, v in params.items()]
@@ -165,10 +184,11 @@ class TrialRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
-    def log_artifact(self, path: Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
 
     def finish(self, state: str, reason: str | None = None) -> None:
+        self.flush()
         tags = {STATE: state} | ({REASON: reason[:4000]} if reason else {})
         self.set_tags(tags)
         self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
