@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -78,20 +77,10 @@ def clocked(targets: dict[str, tuple[Any, str]]) -> Iterator[dict[str, float]]:
             setattr(module, attr, saved[name])
 
 
-@contextlib.contextmanager
-def in_folder(path: Path) -> Iterator[None]:
-    old = Path.cwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def tiny_trials(storage: str, warmup: int, trials: int) -> dict[str, float]:
     """Run `warmup` trials, then time `trials` more in the same stores (a resumed study)."""
     tracking.quiet()
-    with tempfile.TemporaryDirectory() as tmp, in_folder(Path(tmp)):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         # MLflow's own default store (./mlflow.db + ./mlruns), spelled absolute: MLflow caches
         # one store per URI, and a relative one would outlive this folder.
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -127,7 +116,7 @@ def flagship_share(repeats: int) -> dict[str, Any]:
         metrics.evaluate(model, ds, split="test", batch_size=cfg.eval.batch_size, seed=cfg.seed,
                          iwae_k=cfg.eval.iwae_k)
 
-    with tempfile.TemporaryDirectory() as tmp, in_folder(Path(tmp)):
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         uri = f"sqlite:///{tmp}/mlflow.db"
         tracker = tracking.StudyTracker.open(uri, "flagship-overhead")
         import mlflow

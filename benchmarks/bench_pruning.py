@@ -17,9 +17,9 @@ Prints a table, writes results/benchmarks/pruning.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from common import ROOT, print_table, write_report
@@ -40,7 +40,7 @@ def with_pruner(spec: config.StudySpec, pruner: str, trials: int | None, epochs:
 
 def run_variant(spec: config.StudySpec) -> dict[str, Any]:
     tracking.quiet()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # MLflow's artifacts go to ./mlruns
         start = time.perf_counter()
         result = search.run_study(spec, storage_url=f"sqlite:///{tmp}/optuna.db",
                                   tracking_uri=f"sqlite:///{tmp}/mlflow.db")

@@ -259,7 +259,12 @@ def rate_distortion(
         rate, distortion, c=colour, cmap="viridis", norm=_colour_norm(colour, log_colour),
         s=42, edgecolors="black", linewidths=0.5, zorder=3,
     )
-    fig.colorbar(points, ax=ax).set_label(colour_label)
+    bar = fig.colorbar(points, ax=ax)
+    bar.set_label(colour_label)
+    values = np.unique(colour)
+    if len(values) <= 12:  # a grid: tick the swept values themselves, 0.25 not 2.5x10^-1
+        bar.set_ticks(values, labels=[f"{v:g}" for v in values])
+        bar.minorticks_off()
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     return _save(fig, path)

@@ -361,7 +361,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         f"- search: sampler `{params.get('search.sampler')}`, pruner `{params.get('search.pruner')}`, "
         f"{len(record.finished)} finished of {len(record.trials)} trials",
         f"- space: `{json.dumps(record.space)}`",
-        f"- fixed settings (first trial): " + ", ".join(
+        "- fixed settings (first trial): " + ", ".join(
             f"`{c.removeprefix('param.')}={trials.iloc[0][c]}`" for c in trials.columns
             if c.startswith("param.") and c.removeprefix("param.") not in record.space),
         "",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 LOG_2PI = math.log(2 * math.pi)
 
