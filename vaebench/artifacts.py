@@ -60,7 +60,7 @@ def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment
         if model.is_variational:
             run.log_artifact(figures.traversals(model, x[:1], folder / "traversals.png"))
             run.log_artifact(figures.kl_per_dim(metrics.kl_per_dim(model, x), folder / "kl_per_dim.png"))
-    model.eval()
+    model.cpu().eval()  # exported on the CPU, with a CPU example, wherever it was trained
     logged = run.client.create_logged_model(experiment_id, name="model", source_run_id=run.run_id)
     info = mlflow.pytorch.log_model(
         model, name="model", model_id=logged.model_id, run_id=run.run_id,
