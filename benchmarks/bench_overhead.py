@@ -18,8 +18,10 @@
    runs it (MLflow child run, params, per-epoch batched metrics, final metrics, image grids,
    weights) against the same training and evaluation with no tracking at all, interleaved,
    median over `--repeats`. Tracking's share = tracked / untracked - 1, on the
-   wall clock and on the process's CPU time (which the neighbours' load does not inflate).
-   The best trial's charts and MLflow model, made once per study, are timed apart and
+   wall clock and on the process's CPU time (which the neighbours' load does not inflate);
+   that difference of two ~3 s totals swings by +-5% from run to run here, so the time
+   spent inside the tracking calls themselves (run creation, params, metric batches,
+   artifacts, finish) is also measured directly and given as a share. The best trial's charts and MLflow model, made once per study, are timed apart and
    spread over the study's trials.
 
 Prints tables, writes results/benchmarks/overhead.json.
@@ -136,11 +138,20 @@ def flagship_share(repeats: int) -> dict[str, Any]:
         seconds: dict[str, list[float]] = {"tracked": [], "untracked": []}
         cpu: dict[str, list[float]] = {"tracked": [], "untracked": []}
         variants = {"tracked": tracked, "untracked": untracked}
+        # Every tracking call of a trial, timed where it is made (they do not nest): the
+        # direct measure, where tracked - untracked is the difference of two noisy totals.
+        calls = {"start_trial": (tracking.StudyTracker, "start_trial"), "log_params": (tracking.TrialRun, "log_params"),
+                 "log_metrics": (tracking.TrialRun, "log_metrics"), "artifacts": (artifacts, "log_trial"),
+                 "finish": (tracking.TrialRun, "finish")}
+        in_calls: list[dict[str, float]] = []
         for rnd in range(repeats):
             for name in rotated(list(variants), rnd):
-                cpu_start = time.process_time()
-                seconds[name].append(timed(variants[name]))
-                cpu[name].append(time.process_time() - cpu_start)
+                with clocked(calls) as spent:
+                    cpu_start = time.process_time()
+                    seconds[name].append(timed(variants[name]))
+                    cpu[name].append(time.process_time() - cpu_start)
+                if name == "tracked":
+                    in_calls.append(dict(spent))
         best = []  # the best trial's charts + MLflow model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
@@ -148,7 +159,12 @@ def flagship_share(repeats: int) -> dict[str, Any]:
     t, u = median(seconds["tracked"]), median(seconds["untracked"])
     tc, uc = median(cpu["tracked"]), median(cpu["untracked"])
     per_study = median(best) / spec.search.total_trials
+    totals = [sum(c.values()) for c in in_calls]
     return {"tracked_s": t, "untracked_s": u, "tracking_share": t / u - 1.0, "seconds": seconds,
+            "in_tracking_calls_s": median(totals), "in_tracking_calls": in_calls,
+            "in_each_call_s": {k: median([c.get(k, 0.0) for c in in_calls]) for k in calls},
+            "tracking_calls_share": median(totals) / u,
+            "tracking_calls_share_with_best": (median(totals) + per_study) / u,
             "best_artifacts_s": median(best), "trials_per_study": spec.search.total_trials,
             "tracking_share_with_best": (t + per_study) / u - 1.0,
             "tracked_cpu_s": tc, "untracked_cpu_s": uc, "tracking_share_cpu": tc / uc - 1.0, "cpu_seconds": cpu,
@@ -180,10 +196,15 @@ def main() -> None:
               f"untracked {share['untracked_s']:.2f} s -> tracking adds {100 * share['tracking_share']:.1f}%; "
               f"CPU seconds {share['tracked_cpu_s']:.2f} vs {share['untracked_cpu_s']:.2f} -> "
               f"{100 * share['tracking_share_cpu']:.1f}%")
+        print(f"Time inside tracking calls per trial: {share['in_tracking_calls_s']:.3f} s = "
+              f"{100 * share['tracking_calls_share']:.1f}% of the untracked trial "
+              f"({100 * share['tracking_calls_share_with_best']:.1f}% with the best trial's set spread over the study): "
+              + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in share["in_each_call_s"].items()))
         print(f"The best trial's charts and MLflow model, once per study: {share['best_artifacts_s']:.2f} s; "
               f"spread over the study's {share['trials_per_study']} trials tracking adds "
               f"{100 * share['tracking_share_with_best']:.1f}%")
         report["flagship"] = share
+        report["targets"]["time in tracking calls <= 3% of a flagship trial"] = share["tracking_calls_share"] <= 0.03
         report["targets"]["tracking <= 3% of a flagship trial (wall)"] = share["tracking_share"] <= 0.03
         report["targets"]["tracking <= 3% incl. the best trial's set (wall)"] = share["tracking_share_with_best"] <= 0.03
         report["targets"]["tracking <= 3% of a flagship trial (CPU)"] = share["tracking_share_cpu"] <= 0.03

@@ -149,4 +149,6 @@ def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_pa
     assert pd.isna(annealed["param.model.beta"]) and annealed["param.model.c_max"] == 5.0
     folder = tmp_path / "results" / "pairs"
     assert (folder / "figures" / "metrics_vs_objective.png").is_file()
+    assert (folder / "figures" / "rate_distortion.png").is_file()  # coloured by configuration
+    assert "model.c_max" not in (folder / "report.md").read_text().split("fixed settings")[1].split("\n")[0]
     assert (folder / "figures" / "optuna" / "optimization_history.png").is_file()

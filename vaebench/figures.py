@@ -224,11 +224,13 @@ def rate_distortion(
     colour_label: str,
     path: Path,
     log_colour: bool = True,
+    colour_names: list[str] | None = None,
 ) -> Path:
     """The rate-distortion plane of a sweep (e.g. over β): one point per trial.
 
     x = rate = KL (nats), y = distortion = -log p(x|z) (nats); colour is the swept value,
-    log-scaled when positive and `log_colour`. Dashed lines are iso-ELBO lines, rate +
+    log-scaled when positive and `log_colour`; with `colour_names`, `colour` holds category
+    codes 0..n-1 (e.g. objectives) named on the colour bar. Dashed lines are iso-ELBO lines, rate +
     distortion = -ELBO = const, at round levels: points on the same line have the same ELBO
     and trade rate for distortion. Rows with a non-finite value are dropped.
     """
@@ -255,16 +257,21 @@ def rate_distortion(
             grid_x, grid_y, grid_x + grid_y, levels=levels, colors="0.55", linestyles="dashed", linewidths=0.9
         )
         ax.clabel(lines, fmt=_elbo_label, fontsize=8, inline=True)
-    points = ax.scatter(
-        rate, distortion, c=colour, cmap="viridis", norm=_colour_norm(colour, log_colour),
-        s=42, edgecolors="black", linewidths=0.5, zorder=3,
-    )
-    bar = fig.colorbar(points, ax=ax)
-    bar.set_label(colour_label)
-    values = np.unique(colour)
-    if len(values) <= 12:  # a grid: tick the swept values themselves, 0.25 not 2.5x10^-1
-        bar.set_ticks(values, labels=[f"{v:g}" for v in values])
-        bar.minorticks_off()
+    if colour_names is not None:  # categories: one colour each, named in a legend below
+        palette = _discrete_cmap(len(colour_names)).colors
+        for code, name in enumerate(colour_names):
+            mine = colour == code
+            ax.scatter(rate[mine], distortion[mine], color=palette[code], label=name, s=42,
+                       edgecolors="black", linewidths=0.5, zorder=3)
+        ax.legend(title=colour_label, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13))
+    else:
+        points = ax.scatter(rate, distortion, c=colour, cmap="viridis", norm=_colour_norm(colour, log_colour),
+                            s=42, edgecolors="black", linewidths=0.5, zorder=3)
+        bar = fig.colorbar(points, ax=ax)
+        bar.set_label(colour_label)
+        if len(values := np.unique(colour)) <= 12:  # a grid: tick the swept values, 0.25 not 2.5x10^-1
+            bar.set_ticks(values, labels=[f"{v:g}" for v in values])
+            bar.minorticks_off()
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
     return _save(fig, path)

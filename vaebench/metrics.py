@@ -380,8 +380,11 @@ def latent_scores(
     if not (np.isfinite(codes).all() and np.isfinite(train_codes).all()):
         return dict.fromkeys(LATENT_SCORES, math.nan)
     labels = split.y.numpy()
-    scores = clustering_scores(codes, labels, seed=seed)
-    scores["probe_acc"] = probe_accuracy(train_codes, ds.train.y.numpy(), codes, labels, seed)
+    # One BLAS/OpenMP thread for scikit-learn's small problems: multi-threaded, their pools
+    # spin-wait after the work and slow down whatever torch runs next by ~70 ms.
+    with threadpool_limits(limits=1):
+        scores = clustering_scores(codes, labels, seed=seed)
+        scores["probe_acc"] = probe_accuracy(train_codes, ds.train.y.numpy(), codes, labels, seed)
     return scores
 
 

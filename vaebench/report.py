@@ -307,10 +307,15 @@ def _figures(record: StudyRecord, board: pd.DataFrame, folder: Path) -> dict[str
     done = record.finished
     colour_key = record.swept[0] if record.swept else "seed"
     colour = pd.to_numeric(done.get(f"param.{colour_key}"), errors="coerce").to_numpy()
+    names = None
+    if not np.isfinite(colour).any() and record.swept:  # e.g. objectives: one colour per configuration
+        codes, names = pd.factorize(done.apply(config_label, axis=1, swept=record.swept), sort=True)
+        colour, colour_key = codes.astype(float), "configuration"
     if {"test_kl", "test_recon"} <= set(done.columns) and np.isfinite(colour).any():
         out["Rate-distortion plane (every trial)"] = figures.rate_distortion(
             done["test_kl"].to_numpy(float), done["test_recon"].to_numpy(float), colour,
-            colour_key.rsplit(".", 1)[-1], folder / "rate_distortion.png", log_colour=bool(np.nanmin(colour) > 0))
+            colour_key.rsplit(".", 1)[-1], folder / "rate_distortion.png",
+            log_colour=names is None and bool(np.nanmin(colour) > 0), colour_names=names)
     if record.swept:
         param = record.swept[0]
         x = board[f"param.{param}"].to_numpy()
@@ -363,7 +368,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         f"- space: `{json.dumps(record.space)}`",
         "- fixed settings (first trial): " + ", ".join(
             f"`{c.removeprefix('param.')}={trials.iloc[0][c]}`" for c in trials.columns
-            if c.startswith("param.") and c.removeprefix("param.") not in record.space),
+            if c.startswith("param.") and c.removeprefix("param.") not in [*record.space, *record.swept]
+            and not pd.isna(trials.iloc[0][c])),
         "",
         "## Leaderboard",
         "",
