@@ -21,9 +21,10 @@ def vaebench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder in which `vaebench run --study smoke` has finished (2 betas x 2 seeds)."""
+    """A folder in which `vaebench run --study smoke` has finished (2 betas x 2 seeds), with
+    the charts and MLflow model for the best trial only (the default, all, is tested apart)."""
     cwd = tmp_path_factory.mktemp("smoke")
-    result = vaebench(cwd, "run", "--study", "smoke", "--no-progress", "--tensorboard", "tb")
+    result = vaebench(cwd, "run", "--study", "smoke", "--no-progress", "--tensorboard", "tb", "--artifacts", "best")
     assert result.returncode == 0, result.stderr
     assert "leaderboard: results/smoke/leaderboard.csv" in result.stdout
     return cwd

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from conftest import vaebench
 from vaebench import report
@@ -148,7 +149,14 @@ def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_pa
     annealed = board.set_index("config").loc["objective=annealed_vae c_max=5"]
     assert pd.isna(annealed["param.model.beta"]) and annealed["param.model.c_max"] == 5.0
     folder = tmp_path / "results" / "pairs"
-    assert (folder / "figures" / "metrics_vs_objective.png").is_file()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("pairs").experiment_id], "tags.`vaebench.role` = 'trial'")
+    assert len(runs) == 4
+    for run in runs:  # by default every trial gets the charts and its MLflow model
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"latent_pca.png", "traversals.png", "kl_per_dim.png", "weights"} <= artifacts
+        assert run.data.tags["vaebench.model_uri"].startswith("models:/")
+    assert folder.is_dir() and (folder / "figures" / "metrics_vs_objective.png").is_file()
     assert (folder / "figures" / "rate_distortion.png").is_file()  # coloured by configuration
     assert "model.c_max" not in (folder / "report.md").read_text().split("fixed settings")[1].split("\n")[0]
     assert (folder / "figures" / "optuna" / "optimization_history.png").is_file()

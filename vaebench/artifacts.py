@@ -1,12 +1,13 @@
 """What a trial leaves in its MLflow run besides metrics: pictures, its weights, the model.
 
-Every trial gets the cheap part (about 20 ms for the flagship MLP): image grids
+Every trial gets the cheap part (about 25 ms for the flagship MLP): image grids
 (reconstructions, prior samples), the KL of each latent dimension as a CSV, and its weights
 (`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly
 part, latent traversals, matplotlib charts (latent PCA, KL per dimension) and the MLflow
-model in its `pt2` (torch.export) format, costs about 0.35 s, 10% of a flagship trial, so
-by default only the study's best trial gets it, rebuilt from its weights at the end of
-`vaebench run`; `vaebench run --artifacts all` gives it to every trial.
+model in its `pt2` (torch.export) format, costs about 0.35 s, 10% of a flagship trial:
+every trial gets it by default, so each child run shows its pictures and model in the
+MLflow UI; with `vaebench run --artifacts best` only the study's best trial gets it,
+rebuilt from its weights at the end of the run.
 """
 from __future__ import annotations
 

@@ -50,9 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads for this worker (default: torch's; use 1 with several workers)")
-    run.add_argument("--artifacts", choices=("best", "all"), default="best",
-                     help="which trials get the charts and MLflow model (every trial gets image grids "
-                          "and weights; default best: the study's best trial, at the end)")
+    run.add_argument("--artifacts", choices=("all", "best"), default="all",
+                     help="which trials get the charts and the MLflow model (default all; best: only the "
+                          "study's best trial, at the end, which saves ~0.35 s a trial; every trial keeps "
+                          "its image grids and weights)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")

@@ -230,7 +230,7 @@ def rate_distortion(
 
     x = rate = KL (nats), y = distortion = -log p(x|z) (nats); colour is the swept value,
     log-scaled when positive and `log_colour`; with `colour_names`, `colour` holds category
-    codes 0..n-1 (e.g. objectives) named on the colour bar. Dashed lines are iso-ELBO lines, rate +
+    codes 0..n-1 (e.g. objectives) named in a legend. Dashed lines are iso-ELBO lines, rate +
     distortion = -ELBO = const, at round levels: points on the same line have the same ELBO
     and trade rate for distortion. Rows with a non-finite value are dropped.
     """

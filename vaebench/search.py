@@ -469,7 +469,7 @@ class Worker:
     def __init__(
         self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
         progress: Progress, stop: threading.Event, data_dir: str | None = None,
-        tensorboard_dir: str | None = None, artifacts_mode: str = "best",
+        tensorboard_dir: str | None = None, artifacts_mode: str = "all",
     ) -> None:
         self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
         self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
@@ -737,12 +737,12 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
 def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
-    tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "best",
+    tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
-    `artifacts_mode` "best" gives only the best trial the costly artifacts (see
-    vaebench.artifacts), "all" every trial. `stop`, once set (the CLI's first Ctrl-C), ends the running trial after its epoch as if
+    `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
+    "best" only the best trial. `stop`, once set (the CLI's first Ctrl-C), ends the running trial after its epoch as if
     interrupted, and starts no other; the result then has `interrupted` set.
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # a failed trial is reported once, by vaebench
