@@ -55,3 +55,16 @@ def test_an_unbuffered_call_writes_what_is_held_with_it(tracker: tracking.StudyT
 ])
 def test_redact_hides_passwords_only(url: str, shown: str) -> None:
     assert tracking.redact(url) == shown
+
+
+def test_store_errors_do_not_print_the_password() -> None:
+    """A storage that cannot be reached is bad input; its message names the URL, password hidden."""
+    from vaebench import search
+    from vaebench.errors import InputError
+
+    with pytest.raises(InputError) as info:
+        search.check_storage("postgresql+psycopg://me:s3cret@127.0.0.1:1/optuna")
+    assert "s3cret" not in str(info.value) and "me:***@127.0.0.1:1" in str(info.value)
+    with pytest.raises(InputError) as info:
+        tracking.check_tracking_uri("http://me:s3cret@127.0.0.1:1")
+    assert "s3cret" not in str(info.value) and "me:***@127.0.0.1:1" in str(info.value)

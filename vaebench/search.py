@@ -51,8 +51,8 @@ from vaebench import __version__, artifacts, data, metrics, models, train
 from vaebench.config import Range, StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.tracking import (
-    DIRECTION, OBJECTIVE, TRIAL, StudyTracker, TensorBoardRun, TrialRun, check_store_url, short_reason,
-    sqlite_path,
+    DIRECTION, OBJECTIVE, TRIAL, StudyTracker, TensorBoardRun, TrialRun, check_file_location, check_store_url,
+    redact, short_reason, sqlite_path,
 )
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -165,18 +165,12 @@ def journal_path(url: str) -> Path | None:
 def check_storage(url: str) -> None:
     """Refuse a storage that cannot work (a missing folder, a server that does not answer)
     before anything is written; the storage itself is created only when the run starts."""
-    what = f"--storage {url}"
+    what = f"--storage {redact(url)}"
     path = journal_path(url)
     if path is None:
         check_store_url(url, what)
-        return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{what}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what}: folder {folder} is not writable")
-    if path.exists() and not path.is_file():
-        raise InputError(f"{what}: {path} is not a file")
+    else:
+        check_file_location(path, what)
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -191,7 +185,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             return JournalStorage(JournalFileBackend(str(path)))
         return _rdb_storage(url)
     except Exception as exc:  # noqa: BLE001 - any driver error is a bad --storage
-        raise InputError(f"--storage {url}: cannot open ({short_reason(exc)})") from None
+        raise InputError(f"--storage {redact(url)}: cannot open ({short_reason(exc)})") from None
 
 
 def _rdb_storage(url: str, attempts: int = 5) -> RDBStorage:

@@ -112,15 +112,21 @@ def check_store_url(url: str, what: str) -> None:
             engine.dispose()
 
 
-def _check_sqlite_file(path: Path, what: str) -> None:
+def check_file_location(path: Path, what: str) -> None:
+    """A store file can be created or opened at `path`: its folder exists and is writable, and
+    nothing but a file is there already."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise InputError(f"{what}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
         raise InputError(f"{what}: folder {folder} is not writable")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{what}: {path} is not a file")
+
+
+def _check_sqlite_file(path: Path, what: str) -> None:
+    check_file_location(path, what)
     if path.exists():
-        if not path.is_file():
-            raise InputError(f"{what}: {path} is not a file")
         with path.open("rb") as f:
             head = f.read(16)
         if head and head != b"SQLite format 3\x00":
@@ -137,9 +143,9 @@ def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
         try:
             requests.get(uri.rstrip("/") + "/health", timeout=10)
         except requests.RequestException as exc:
-            raise InputError(f"{what} {uri}: unreachable ({short_reason(exc)})") from None
+            raise InputError(f"{what} {redact(uri)}: unreachable ({short_reason(exc)})") from None
     elif scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        check_store_url(uri, f"{what} {uri}")
+        check_store_url(uri, f"{what} {redact(uri)}")
 
 
 def _now_ms() -> int:
@@ -208,7 +214,7 @@ class StudyTracker:
             client = MlflowClient(tracking_uri)
             experiment = client.get_experiment_by_name(study)
         except Exception as exc:  # noqa: BLE001 - a store MLflow cannot open is a bad --tracking-uri
-            raise InputError(f"tracking URI {tracking_uri}: cannot open ({short_reason(exc)})") from None
+            raise InputError(f"tracking URI {redact(tracking_uri)}: cannot open ({short_reason(exc)})") from None
         if experiment is None:
             try:
                 return cls(client, client.create_experiment(study), study)
