@@ -56,6 +56,7 @@ from vaebench.tracking import (
 )
 
 PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"  # a trial's child run
 WORKER_ATTR = "vaebench.worker"  # {host, pid, start}: the process running the trial
 REASON_ATTR = "failure_reason"
 REQUEUED_ATTR = "vaebench.requeued_from"  # a queued re-run: the number of the trial it repeats
@@ -92,7 +93,9 @@ class _PerTrialSeed:
     trial m (TPE still conditions on the trials finished so far).
     """
 
-    _base_seed: int
+    def __init__(self, *args: Any, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, seed=seed, **kwargs)  # type: ignore[call-arg]
+        self._base_seed = seed
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         seed = _trial_seed(self._base_seed, trial.number)
@@ -104,15 +107,11 @@ class _PerTrialSeed:
 
 
 class RandomSampler(_PerTrialSeed, optuna.samplers.RandomSampler):
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed=seed)
-        self._base_seed = seed
+    pass
 
 
 class TPESampler(_PerTrialSeed, optuna.samplers.TPESampler):
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed=seed)
-        self._base_seed = seed
+    pass
 
 
 class GridSampler(_PerTrialSeed, optuna.samplers.GridSampler):
@@ -122,7 +121,6 @@ class GridSampler(_PerTrialSeed, optuna.samplers.GridSampler):
 
     def __init__(self, space: dict[str, Any], seed: int) -> None:
         super().__init__(space, seed=seed)
-        self._base_seed = seed
         self.failed_here: set[int] = set()  # trial numbers that raised or diverged in this process
 
     def free_points(self, trials: list[FrozenTrial]) -> list[int]:
@@ -609,7 +607,7 @@ class Worker:
             best = self.study.best_trial
         except ValueError:  # no complete trial
             return
-        run_id = best.user_attrs.get("mlflow_run_id")
+        run_id = best.user_attrs.get(RUN_ATTR)
         if not run_id or artifacts.has_full(self.tracker.client, run_id):
             return
         cfg = self.spec.with_params(self.spec.search.values(best.params))
@@ -670,7 +668,7 @@ class Worker:
         assert self.current is not None
         self.current.run = run
         run.log_params(cfg.flat())
-        trial.set_user_attr("mlflow_run_id", run.run_id)
+        trial.set_user_attr(RUN_ATTR, run.run_id)
         objective_key = spec.search.objective
 
         def report(epoch: int, m: dict[str, float]) -> None:
