@@ -1,17 +1,20 @@
-"""Pruning pays (issue 6, point 5): studies/vae_tuning.yaml with its median pruner against the
-same study without pruning, same seeds.
+"""Pruning pays (issue 6, point 5): studies/vae_tuning.yaml with its pruner against the same
+study without pruning, same seeds.
 
-    python benchmarks/bench_pruning.py                   # median vs none (~15 min on 2 cores)
-    python benchmarks/bench_pruning.py --hyperband       # also the hyperband pruner
-    python benchmarks/bench_pruning.py --hyperband --seeds 0 1 2   # three draws of the search
+    python benchmarks/bench_pruning.py                   # the study's pruner vs none (~10 min)
+    python benchmarks/bench_pruning.py --pruners percentile median hyperband   # several pruners
+    python benchmarks/bench_pruning.py --seeds 0 1 2 --jobs 2   # three draws of the search
     python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
+    python benchmarks/bench_pruning.py --jobs 2          # two variants at a time (one per core)
 
 Each variant is the study file's StudySpec with only `search.pruner` changed
 (`spec.model_copy`), run through `search.run_study` in its own temporary folder with the
 default local stores (Optuna SQLite, MLflow SQLite). Training epochs are counted from the
 trials' reported intermediate values (one per epoch), so a pruned trial counts the epochs it
 ran. TPE and the training seeds are the same in every variant; the trials diverge only once
-pruned trials feed back into TPE.
+pruned trials feed back into TPE. Epochs and ELBOs do not depend on the machine's load (one
+torch thread per variant), so `--jobs N` runs N variants at a time in separate processes;
+only the wall times then include the neighbours' load.
 
 Prints a table, writes results/benchmarks/pruning.json.
 """
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from common import ROOT, print_table, write_report
@@ -42,7 +47,9 @@ def with_pruner(spec: config.StudySpec, pruner: str, trials: int | None, epochs:
     return spec.model_copy(update=update)
 
 
-def run_variant(spec: config.StudySpec) -> dict[str, Any]:
+def run_variant(spec: config.StudySpec, threads: int = 1) -> dict[str, Any]:
+    if threads:
+        torch.set_num_threads(threads)
     tracking.quiet()
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):  # MLflow's artifacts go to ./mlruns
         start = time.perf_counter()
@@ -73,29 +80,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=None, help="override n_trials (default: the study's)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    parser.add_argument("--hyperband", action="store_true", help="also run Optuna's HyperbandPruner")
+    parser.add_argument("--pruners", nargs="+", choices=[p for p in search.PRUNERS if p != "none"],
+                        help="pruners to compare with none (default: the study's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="study seeds (TPE's and the trials' training seeds); each is one draw of the "
                              "search, so quote the mean over several (default: 0)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1; counts of epochs do not depend on it); 0: torch's default")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="variants run at a time, each in its own process (default 1)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     spec, _ = config.load_study(str(ROOT / "studies" / "vae_tuning.yaml"))
-    pruners = ["none", spec.search.pruner if spec.search.pruner != "none" else "median"]
-    if args.hyperband and "hyperband" not in pruners:
-        pruners.append("hyperband")
-    rows = []
-    for seed in args.seeds:
-        for pruner in pruners:
-            rows.append(run_variant(with_pruner(spec, pruner, args.trials, args.epochs, seed)))
-            row = rows[-1]
-            print(f"seed {seed}, {pruner}: {row['epochs']} epochs, best val_elbo {row['best_val_elbo']}, "
-                  f"{row['wall_s']:.0f} s", flush=True)
-        base = rows[-len(pruners)]
-        for row in rows[-len(pruners):]:
+    pruners = ["none", *(args.pruners or [spec.search.pruner])]
+    specs = [with_pruner(spec, pruner, args.trials, args.epochs, seed) for seed in args.seeds for pruner in pruners]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        rows = []
+        for row in pool.map(functools.partial(run_variant, threads=args.threads), specs):
+            print(f"seed {row['seed']}, {row['pruner']}: {row['epochs']} epochs, best val_elbo "
+                  f"{row['best_val_elbo']}, {row['wall_s']:.0f} s", flush=True)
+            rows.append(row)
+    for i in range(0, len(rows), len(pruners)):
+        base = rows[i]
+        for row in rows[i : i + len(pruners)]:
             row["epochs_saved"] = 1.0 - row["epochs"] / base["epochs"]
             row["elbo_gap"] = None if row["best_val_elbo"] is None else base["best_val_elbo"] - row["best_val_elbo"]
     print(f"\nstudies/vae_tuning.yaml ({rows[0]['trials']} trials, up to {args.epochs or spec.train.epochs} "

@@ -1,12 +1,14 @@
 """Study files: validation names the file and the field; trial configs resolve dotted keys."""
 from __future__ import annotations
 
+import typing
+
 from pathlib import Path
 
 import pytest
 import yaml
 
-from vaebench.config import StudySpec, find_study, load_study
+from vaebench.config import SearchSpec, StudySpec, find_study, load_study
 from vaebench.errors import InputError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -165,14 +167,46 @@ def test_hidden_is_a_list_for_mlp_and_one_width_for_conv(tmp_path: Path, arch: s
         assert "hidden: arch" in error_of(tmp_path, raw)
 
 
-@pytest.mark.parametrize("pruner", ["none", "median", "hyperband"])
+PRUNER_NAMES = typing.get_args(SearchSpec.model_fields["pruner"].annotation)
+
+
+@pytest.mark.parametrize("pruner", PRUNER_NAMES)
 def test_every_pruner_name_builds_an_optuna_pruner(pruner: str) -> None:
     import optuna
 
     from vaebench import search
 
+    assert set(search.PRUNERS) == set(PRUNER_NAMES)
     spec = StudySpec.model_validate(mutate(search={"pruner": pruner}))
     assert isinstance(search.PRUNERS[pruner](spec), optuna.pruners.BasePruner)
+
+
+def test_the_percentile_pruner_waits_for_epoch_3_and_keeps_the_best_quarter() -> None:
+    import optuna
+
+    from vaebench import search
+
+    spec = StudySpec.model_validate(mutate(search={"pruner": "percentile"}))
+    study = optuna.create_study(direction="maximize", pruner=search.PRUNERS["percentile"](spec))
+    for value in range(8):  # 8 finished trials with curves value, value, value at epochs 1-3
+        trial = study.ask()
+        for epoch in (1, 2, 3):
+            trial.report(float(value), epoch)
+        study.tell(trial, float(value))
+
+    def pruned_at(curve: list[float]) -> int | None:
+        trial = study.ask()
+        for epoch, value in enumerate(curve, 1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                return epoch
+        study.tell(trial, curve[-1])
+        return None
+
+    assert pruned_at([-1.0, -1.0, -1.0]) == 3  # the worst, but judged only from epoch 3
+    assert pruned_at([4.5, 4.5, 4.5]) == 3  # above the median, below the best quarter
+    assert pruned_at([6.0, 6.0, 6.0]) is None
 
 
 def test_a_mapping_choice_is_checked_against_its_objective(tmp_path: Path) -> None:
