@@ -148,10 +148,10 @@ PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "none": lambda s: optuna.pruners.NopPruner(),
     # after 5 trials, stop one below the median of the earlier trials at the same epoch, from epoch 1
     "median": lambda s: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    # after 3 trials, stop one outside the best quarter of the earlier trials at the same epoch,
+    # after 5 trials, stop one outside the best quarter of the earlier trials at the same epoch,
     # from epoch 3: later and stricter than `median`, as early curves cross (large learning
     # rates lead after an epoch or two and end behind)
-    "percentile": lambda s: optuna.pruners.PercentilePruner(25.0, n_startup_trials=3, n_warmup_steps=3),
+    "percentile": lambda s: optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=3),
     # successive halving in brackets of 1, 3, 9, ... epochs up to the study's epochs
     "hyperband": lambda s: optuna.pruners.HyperbandPruner(
         min_resource=1, max_resource=s.train.epochs, reduction_factor=3),
