@@ -3,9 +3,8 @@ study without pruning, same seeds.
 
     python benchmarks/bench_pruning.py                   # the study's pruner vs none (~10 min)
     python benchmarks/bench_pruning.py --pruners percentile median hyperband   # several pruners
-    python benchmarks/bench_pruning.py --seeds 0 1 2 --jobs 2   # three draws of the search
+    python benchmarks/bench_pruning.py --seeds 0 1 2 --jobs 2   # three draws, two variants at a time
     python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
-    python benchmarks/bench_pruning.py --jobs 2          # two variants at a time (one per core)
 
 Each variant is the study file's StudySpec with only `search.pruner` changed
 (`spec.model_copy`), run through `search.run_study` in its own temporary folder with the
