@@ -21,8 +21,9 @@
    wall clock and on the process's CPU time (which the neighbours' load does not inflate);
    that difference of two ~3 s totals swings by +-5% from run to run here, so the time
    spent inside the tracking calls themselves (run creation, params, metric batches,
-   artifacts, finish) is also measured directly and given as a share. The best trial's charts and MLflow model, made once per study, are timed apart and
-   spread over the study's trials.
+   artifacts, finish) is also measured directly and given as a share. The best trial's
+   charts and MLflow model, made once per study, are timed apart and spread over the
+   study's trials.
 
 Prints tables, writes results/benchmarks/overhead.json.
 """
