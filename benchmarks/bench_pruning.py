@@ -15,7 +15,8 @@ pruned trials feed back into TPE. Epochs and ELBOs do not depend on the machine'
 torch thread per variant), so `--jobs N` runs N variants at a time in separate processes;
 only the wall times then include the neighbours' load.
 
-Prints a table, writes results/benchmarks/pruning.json.
+Prints a table, writes results/benchmarks/pruning.json (with --epochs/--trials overrides:
+pruning_<E>epochs_<T>trials.json, so a variant never replaces the study's reference numbers).
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def main() -> None:
                s["mean_saved"] >= 0.4 and s["mean_gap"] <= 1.0 for s in summary}
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
-    write_report("pruning", {"study": "studies/vae_tuning.yaml", "seeds": args.seeds, "rows": rows,
-                             "summary": summary, "targets": targets})
+    report = "pruning" + (f"_{args.epochs}epochs" if args.epochs else "") + (f"_{args.trials}trials" if args.trials else "")
+    write_report(report, {"study": "studies/vae_tuning.yaml", "seeds": args.seeds, "epochs": args.epochs or spec.train.epochs,
+                          "rows": rows, "summary": summary, "targets": targets})
 
 
 if __name__ == "__main__":
