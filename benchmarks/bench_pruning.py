@@ -1,7 +1,7 @@
 """Pruning pays (issue 6, point 5): studies/vae_tuning.yaml with its pruner against the same
 study without pruning, same seeds.
 
-    python benchmarks/bench_pruning.py                   # the study's pruner vs none (~10 min)
+    python benchmarks/bench_pruning.py                   # the study's pruner vs none (~20 min)
     python benchmarks/bench_pruning.py --pruners percentile median hyperband   # several pruners
     python benchmarks/bench_pruning.py --seeds 0 1 2 --jobs 2   # three draws, two variants at a time
     python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
