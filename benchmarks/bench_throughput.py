@@ -329,11 +329,12 @@ COLUMNS = [("arch", "model", ""), ("batch", "batch", "d"), ("bare_sps", "bare", 
 
 
 def check(rows: list[dict[str, object]]) -> dict[str, bool]:
-    return {
-        "fit >= 0.95x bare": all(r["vs_bare"] >= 0.95 for r in rows),
-        "fit >= 1.3x pythae": all(r["vs_pythae"] is None or r["vs_pythae"] >= 1.3 for r in rows),
-        "fit > tutorial": all(r["vs_tutorial"] is None or r["vs_tutorial"] > 1.0 for r in rows),
-    }
+    """The issue's targets, each only where its contender was measured (no PASS by absence)."""
+    targets = {"fit >= 0.95x bare": ("vs_bare", lambda v: v >= 0.95),
+               "fit >= 1.3x pythae": ("vs_pythae", lambda v: v >= 1.3),
+               "fit > tutorial": ("vs_tutorial", lambda v: v > 1.0)}
+    return {name: all(holds(r[key]) for r in rows if r[key] is not None)
+            for name, (key, holds) in targets.items() if any(r[key] is not None for r in rows)}
 
 
 def main() -> None:
@@ -345,9 +346,15 @@ def main() -> None:
                         help="torch intra-op threads (default 1: on 2 shared cores, 2 threads measure the "
                              "neighbours' load more than the code); 0 keeps torch's default")
     parser.add_argument("--no-peers", action="store_true", help="only bare vs vaebench (point 1)")
+    parser.add_argument("--skip-validation", action="store_true",
+                        help="diagnostic: fit without its per-epoch validation pass, which the bare loop does not "
+                             "have (its time is never counted; this shows its effect on the steps after it); "
+                             "writes throughput_skip_validation.json")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.skip_validation:
+        train.validation_metrics = lambda *_, **__: {}
 
     ds = data.load("mnist5k", seed=0)
     rows: dict[str, list[dict[str, object]]] = {"wall": [], "cpu": []}
@@ -375,9 +382,10 @@ def main() -> None:
         targets[clock] = check(rows[clock])
         for name, ok in targets[clock].items():
             print(f"{'PASS' if ok else 'MISS'}  {name} ({clock} clock)")
-    write_report("throughput", {"repeats": args.repeats, "statistic": "median", "train_examples": len(ds.train),
-                                "pythae": pythae_available(), "rows": rows, "targets": targets,
-                                "samples_per_s": raw, "fit_own_train_samples_per_s": fit_own})
+    name = "throughput_skip_validation" if args.skip_validation else "throughput"
+    write_report(name, {"repeats": args.repeats, "statistic": "median", "train_examples": len(ds.train),
+                        "pythae": pythae_available(), "rows": rows, "targets": targets,
+                        "samples_per_s": raw, "fit_own_train_samples_per_s": fit_own})
 
 
 if __name__ == "__main__":
