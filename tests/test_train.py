@@ -54,7 +54,6 @@ def test_fit_is_the_textbook_loop_bit_for_bit(digits: data.Dataset, arch: str) -
     x, n, batch = digits.train.x, len(digits.train), 64
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.Adam(by_hand.parameters(), lr=3e-3)
-    total = 0.0
     for _ in range(2):
         total = 0.0
         order = torch.randperm(n, generator=gen)
@@ -68,7 +67,7 @@ def test_fit_is_the_textbook_loop_bit_for_bit(digits: data.Dataset, arch: str) -
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item() * len(xb)
+            total += loss.item() * len(xb)  # the last epoch's summed loss
 
     for (name, ours), theirs in zip(model.named_parameters(), by_hand.parameters()):
         assert torch.equal(ours, theirs), name
