@@ -16,7 +16,8 @@ torch thread per variant), so `--jobs N` runs N variants at a time in separate p
 only the wall times then include the neighbours' load.
 
 Prints a table, writes results/benchmarks/pruning.json (with --epochs/--trials overrides:
-pruning_<E>epochs_<T>trials.json, so a variant never replaces the study's reference numbers).
+pruning_<E>epochs_<T>trials.json; `--out NAME` names it otherwise, e.g. for other seeds), so a
+variant does not replace the study's reference numbers.
 """
 from __future__ import annotations
 
@@ -89,6 +90,9 @@ def main() -> None:
                         help="torch threads (default 1; counts of epochs do not depend on it); 0: torch's default")
     parser.add_argument("--jobs", type=int, default=1,
                         help="variants run at a time, each in its own process (default 1)")
+    parser.add_argument("--out", default=None,
+                        help="JSON name under results/benchmarks (default: pruning, with _<E>epochs / "
+                             "_<T>trials for those overrides)")
     args = parser.parse_args()
 
     spec, _ = config.load_study(str(ROOT / "studies" / "vae_tuning.yaml"))
@@ -124,7 +128,8 @@ def main() -> None:
                s["mean_saved"] >= 0.4 and s["mean_gap"] <= 1.0 for s in summary}
     for name, ok in targets.items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
-    report = "pruning" + (f"_{args.epochs}epochs" if args.epochs else "") + (f"_{args.trials}trials" if args.trials else "")
+    overrides = (f"_{args.epochs}epochs" if args.epochs else "") + (f"_{args.trials}trials" if args.trials else "")
+    report = args.out or f"pruning{overrides}"
     write_report(report, {"study": "studies/vae_tuning.yaml", "seeds": args.seeds, "epochs": args.epochs or spec.train.epochs,
                           "rows": rows, "summary": summary, "targets": targets})
 

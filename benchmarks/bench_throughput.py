@@ -382,8 +382,8 @@ def main() -> None:
         targets[clock] = check(rows[clock])
         for name, ok in targets[clock].items():
             print(f"{'PASS' if ok else 'MISS'}  {name} ({clock} clock)")
-    name = "throughput_skip_validation" if args.skip_validation else "throughput"
-    write_report(name, {"repeats": args.repeats, "statistic": "median", "train_examples": len(ds.train),
+    report = "throughput_skip_validation" if args.skip_validation else "throughput"
+    write_report(report, {"repeats": args.repeats, "statistic": "median", "train_examples": len(ds.train),
                         "pythae": pythae_available(), "rows": rows, "targets": targets,
                         "samples_per_s": raw, "fit_own_train_samples_per_s": fit_own})
 
