@@ -5,6 +5,7 @@ study without pruning, same seeds.
     python benchmarks/bench_pruning.py --pruners percentile median hyperband   # several pruners
     python benchmarks/bench_pruning.py --seeds 0 1 2 --jobs 2   # three draws, two variants at a time
     python benchmarks/bench_pruning.py --trials 8        # a quicker, smaller look
+    python benchmarks/bench_pruning.py --seeds 6 7 8 --baseline pruning_heldout   # reuse unpruned runs
 
 Each variant is the study file's StudySpec with only `search.pruner` changed
 (`spec.model_copy`), run through `search.run_study` in its own temporary folder with the
@@ -13,7 +14,10 @@ trials' reported intermediate values (one per epoch), so a pruned trial counts t
 ran. TPE and the training seeds are the same in every variant; the trials diverge only once
 pruned trials feed back into TPE. Epochs and ELBOs do not depend on the machine's load (one
 torch thread per variant), so `--jobs N` runs N variants at a time in separate processes;
-only the wall times then include the neighbours' load.
+only the wall times then include the neighbours' load. For the same reason an unpruned run
+is the same every time for a given seed, study file and code: `--baseline NAME...` takes the
+unpruned rows from earlier reports (same epochs and trials) instead of training them again,
+which halves the cost of trying a pruner; each reused row names its report.
 
 Prints a table, writes results/benchmarks/pruning.json (with --epochs/--trials overrides:
 pruning_<E>epochs_<T>trials.json; `--out NAME` names it otherwise, e.g. for other seeds), so a
@@ -24,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import math
 import statistics
 import tempfile
@@ -31,7 +36,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from common import ROOT, print_table, write_report
+from common import OUT_DIR, ROOT, print_table, write_report
 
 import torch
 from optuna.trial import TrialState
@@ -73,8 +78,25 @@ def run_variant(spec: config.StudySpec, threads: int = 1) -> dict[str, Any]:
         "best_params": result.study.best_params if complete else None,
         "wall_s": wall,
         "per_trial": [{"number": t.number, "state": t.state.name, "epochs": len(t.intermediate_values),
-                       "params": t.params, "value": t.value} for t in trials],
+                       "params": t.params, "value": t.value,
+                       "val_elbo_by_epoch": [t.intermediate_values[e] for e in sorted(t.intermediate_values)]}
+                      for t in trials],
     }
+
+
+def unpruned_rows(names: list[str], spec: config.StudySpec) -> dict[int, dict[str, Any]]:
+    """{seed: unpruned row} from the named reports, where their runs had `spec`'s epochs and trials."""
+    rows: dict[int, dict[str, Any]] = {}
+    for name in names:
+        path = OUT_DIR / f"{name}.json"
+        if not path.is_file():
+            raise SystemExit(f"--baseline {name}: no report {path.relative_to(ROOT)}")
+        report = json.loads(path.read_text())
+        for row in report["rows"]:
+            if (row["pruner"] == "none" and row["trials"] == spec.search.n_trials
+                    and row["max_epochs"] == spec.train.epochs * spec.search.n_trials):
+                rows[row["seed"]] = row | {"reused_from": f"results/benchmarks/{name}.json"}
+    return rows
 
 
 def main() -> None:
@@ -93,17 +115,23 @@ def main() -> None:
     parser.add_argument("--out", default=None,
                         help="JSON name under results/benchmarks (default: pruning, with _<E>epochs / "
                              "_<T>trials for those overrides)")
+    parser.add_argument("--baseline", nargs="+", default=[], metavar="NAME",
+                        help="reports under results/benchmarks whose unpruned rows (same epochs and trials) "
+                             "stand for the unpruned runs of their seeds instead of running them again")
     args = parser.parse_args()
 
     spec, _ = config.load_study(str(ROOT / "studies" / "vae_tuning.yaml"))
     pruners = ["none", *(args.pruners or [spec.search.pruner])]
     specs = [with_pruner(spec, pruner, args.trials, args.epochs, seed) for seed in args.seeds for pruner in pruners]
+    reused = unpruned_rows(args.baseline, specs[0])
     with ProcessPoolExecutor(args.jobs) as pool:
-        rows = []
-        for row in pool.map(functools.partial(run_variant, threads=args.threads), specs):
+        todo = [s for s in specs if not (s.search.pruner == "none" and s.seed in reused)]
+        done = {}
+        for s, row in zip(todo, pool.map(functools.partial(run_variant, threads=args.threads), todo)):
             print(f"seed {row['seed']}, {row['pruner']}: {row['epochs']} epochs, best val_elbo "
                   f"{row['best_val_elbo']}, {row['wall_s']:.0f} s", flush=True)
-            rows.append(row)
+            done[s.seed, s.search.pruner] = row
+        rows = [done.get((s.seed, s.search.pruner)) or reused[s.seed] for s in specs]
     for i in range(0, len(rows), len(pruners)):
         base = rows[i]
         for row in rows[i : i + len(pruners)]:
