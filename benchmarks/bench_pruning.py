@@ -126,6 +126,7 @@ def main() -> None:
     reused = unpruned_rows(args.baseline, specs[0])
     with ProcessPoolExecutor(args.jobs) as pool:
         todo = [s for s in specs if not (s.search.pruner == "none" and s.seed in reused)]
+        todo.sort(key=lambda s: s.search.pruner != "none")  # the longest runs first: no lone straggler
         done = {}
         for s, row in zip(todo, pool.map(functools.partial(run_variant, threads=args.threads), todo)):
             print(f"seed {row['seed']}, {row['pruner']}: {row['epochs']} epochs, best val_elbo "

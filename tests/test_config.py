@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import typing
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -180,16 +181,18 @@ def test_every_pruner_name_builds_an_optuna_pruner(pruner: str) -> None:
     assert isinstance(search.PRUNERS[pruner](spec), optuna.pruners.BasePruner)
 
 
-def test_the_percentile_pruner_waits_for_epoch_3_and_keeps_the_best_quarter() -> None:
+def pruning_study(pruner: str, finished: int, epochs: int) -> Callable[[list[float]], int | None]:
+    """A study with `pruner` and `finished` whole trials of flat curves 0, 1, ...; returns a
+    function that runs one more trial along a curve and says at which epoch it was pruned."""
     import optuna
 
     from vaebench import search
 
-    spec = StudySpec.model_validate(mutate(search={"pruner": "percentile"}))
-    study = optuna.create_study(direction="maximize", pruner=search.PRUNERS["percentile"](spec))
-    for value in range(8):  # 8 finished trials with curves value, value, value at epochs 1-3
+    spec = StudySpec.model_validate(mutate(search={"pruner": pruner}))
+    study = optuna.create_study(direction="maximize", pruner=search.PRUNERS[pruner](spec))
+    for value in range(finished):
         trial = study.ask()
-        for epoch in (1, 2, 3):
+        for epoch in range(1, epochs + 1):
             trial.report(float(value), epoch)
         study.tell(trial, float(value))
 
@@ -203,9 +206,22 @@ def test_the_percentile_pruner_waits_for_epoch_3_and_keeps_the_best_quarter() ->
         study.tell(trial, curve[-1])
         return None
 
+    return pruned_at
+
+
+def test_the_percentile_pruner_waits_for_epoch_3_and_keeps_the_best_quarter() -> None:
+    pruned_at = pruning_study("percentile", finished=8, epochs=3)  # finished: 0, 1, ..., 7
     assert pruned_at([-1.0, -1.0, -1.0]) == 3  # the worst, but judged only from epoch 3
     assert pruned_at([4.5, 4.5, 4.5]) == 3  # above the median, below the best quarter
     assert pruned_at([6.0, 6.0, 6.0]) is None
+
+
+def test_the_staged_pruner_keeps_the_better_half_from_epoch_1_and_the_best_third_from_epoch_5() -> None:
+    pruned_at = pruning_study("staged", finished=9, epochs=6)  # median 4, best third above 5.33
+    assert pruned_at([3.5] * 6) == 1  # below the median: stopped at once
+    assert pruned_at([5.0] * 6) == 5  # above the median, outside the best third: stopped at epoch 5
+    assert pruned_at([4.5, 4.5, 4.5, 4.5, 6.0, 6.0]) is None  # outside the best third only until epoch 4
+    assert pruned_at([6.0] * 6) is None
 
 
 def test_a_mapping_choice_is_checked_against_its_objective(tmp_path: Path) -> None:

@@ -130,7 +130,7 @@ class Range(_Strict):
 
 class SearchSpec(_Strict):
     sampler: Literal["grid", "tpe", "random"] = "tpe"
-    pruner: Literal["none", "median", "percentile", "hyperband"] = "none"
+    pruner: Literal["none", "median", "percentile", "staged", "hyperband"] = "none"
     n_trials: int | None = Field(None, ge=1, description="grid: defaults to (and must equal) the grid size")
     objective: str = "val_elbo"
     direction: Literal["maximize", "minimize"] = "maximize"

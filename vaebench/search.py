@@ -137,21 +137,39 @@ class GridSampler(_PerTrialSeed, optuna.samplers.GridSampler):
         return self.free_points(study._storage.get_all_trials(study._study_id, deepcopy=False))
 
 
+class AnyPruner(optuna.pruners.BasePruner):
+    """Prunes a trial when any of its pruners would: a lenient rule for the first epochs and a
+    stricter one once the curves have settled (Optuna has no such combination built in)."""
+
+    def __init__(self, *pruners: optuna.pruners.BasePruner) -> None:
+        self.pruners = pruners
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        return any(pruner.prune(study, trial) for pruner in self.pruners)
+
+
 SAMPLERS: dict[str, Callable[[StudySpec], optuna.samplers.BaseSampler]] = {
     "grid": lambda s: GridSampler({k: list(s.search.choices(k)) for k in s.search.space}, seed=s.seed),
     "tpe": lambda s: TPESampler(seed=s.seed),
     "random": lambda s: RandomSampler(seed=s.seed),
 }
 # Trials report their val metric after every epoch, as step = epoch (1, 2, ...); the first
-# trials run whole, so the pruner has curves to compare with.
+# trials run whole, so the pruner has curves to compare with. Optuna's median and percentile
+# pruners compare a trial's best value so far with the finished (not pruned) trials' values
+# at the same epoch.
 PRUNERS: dict[str, Callable[[StudySpec], optuna.pruners.BasePruner]] = {
     "none": lambda s: optuna.pruners.NopPruner(),
-    # after 5 trials, stop one below the median of the earlier trials at the same epoch, from epoch 1
+    # after 5 finished trials, stop one below their median at the same epoch, from epoch 1
     "median": lambda s: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
-    # after 5 trials, stop one outside the best quarter of the earlier trials at the same epoch,
-    # from epoch 3: later and stricter than `median`, as early curves cross (large learning
-    # rates lead after an epoch or two and end behind)
+    # after 5 finished trials, stop one outside their best quarter at the same epoch, from
+    # epoch 3: later and stricter than `median`, as early curves cross (large learning rates
+    # lead after an epoch or two and end behind)
     "percentile": lambda s: optuna.pruners.PercentilePruner(25.0, n_startup_trials=5, n_warmup_steps=3),
+    # `median`, and from epoch 5 also one outside the finished trials' best third: as lenient
+    # as `median` while early curves cross, stricter once they have settled
+    "staged": lambda s: AnyPruner(
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1),
+        optuna.pruners.PercentilePruner(100 / 3, n_startup_trials=5, n_warmup_steps=5)),
     # successive halving in brackets of 1, 3, 9, ... epochs up to the study's epochs
     "hyperband": lambda s: optuna.pruners.HyperbandPruner(
         min_resource=1, max_resource=s.train.epochs, reduction_factor=3),
