@@ -38,6 +38,7 @@ from typing import Any
 
 from common import OUT_DIR, ROOT, print_table, write_report
 
+import scipy.stats
 import torch
 from optuna.trial import TrialState
 
@@ -99,6 +100,17 @@ def unpruned_rows(names: list[str], spec: config.StudySpec) -> dict[int, dict[st
     return rows
 
 
+def summarize(pruner: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds of one pruner's rows; one draw of TPE decides little, so the gap also
+    gets its standard error and 95% t-interval (a study with no finished trial: gap inf)."""
+    gaps = [r["elbo_gap"] if r["elbo_gap"] is not None else math.inf for r in rows]
+    mean_gap = statistics.fmean(gaps)
+    se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 and math.isfinite(mean_gap) else math.nan
+    half = se * float(scipy.stats.t.ppf(0.975, len(gaps) - 1)) if len(gaps) > 1 else math.nan
+    return {"pruner": pruner, "seeds": len(rows), "mean_saved": statistics.fmean(r["epochs_saved"] for r in rows),
+            "mean_gap": mean_gap, "gap_se": se, "gap_ci95": [mean_gap - half, mean_gap + half], "worst_gap": max(gaps)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=None, help="override n_trials (default: the study's)")
@@ -144,15 +156,12 @@ def main() -> None:
                        ("complete", "complete", "d"), ("pruned", "pruned", "d"), ("epochs", "epochs", "d"),
                        ("epochs_saved", "saved", ".0%"), ("best_val_elbo", "best val_elbo", ".2f"),
                        ("elbo_gap", "gap nats", ".2f"), ("wall_s", "wall s", ".0f")])
-    summary = []
-    for pruner in pruners[1:]:
-        mine = [r for r in rows if r["pruner"] == pruner]
-        gaps = [r["elbo_gap"] if r["elbo_gap"] is not None else math.inf for r in mine]
-        summary.append({"pruner": pruner, "seeds": len(mine), "mean_saved": statistics.fmean(r["epochs_saved"] for r in mine),
-                        "mean_gap": statistics.fmean(gaps), "worst_gap": max(gaps)})
+    summary = [summarize(pruner, [r for r in rows if r["pruner"] == pruner]) for pruner in pruners[1:]]
     print(f"\nOver {len(args.seeds)} seed(s):")
-    print_table(summary, [("pruner", "pruner", ""), ("seeds", "seeds", "d"), ("mean_saved", "mean saved", ".0%"),
-                          ("mean_gap", "mean gap nats", ".2f"), ("worst_gap", "worst gap nats", ".2f")])
+    print_table([s | {"ci": "{:.2f} to {:.2f}".format(*s["gap_ci95"])} for s in summary],
+                [("pruner", "pruner", ""), ("seeds", "seeds", "d"), ("mean_saved", "mean saved", ".0%"),
+                 ("mean_gap", "mean gap nats", ".2f"), ("gap_se", "s.e.", ".2f"), ("ci", "95% interval", ""),
+                 ("worst_gap", "worst gap nats", ".2f")])
     targets = {f"{s['pruner']}: >= 40% fewer epochs, best within 1 nat (means over seeds)":
                s["mean_saved"] >= 0.4 and s["mean_gap"] <= 1.0 for s in summary}
     for name, ok in targets.items():
