@@ -38,11 +38,11 @@ from typing import Any
 
 from common import OUT_DIR, ROOT, print_table, write_report
 
-import scipy.stats
 import torch
 from optuna.trial import TrialState
 
 from vaebench import config, search, tracking
+from vaebench.report import ci95
 
 
 def with_pruner(spec: config.StudySpec, pruner: str, trials: int | None, epochs: int | None,
@@ -105,8 +105,8 @@ def summarize(pruner: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     gets its standard error and 95% t-interval (a study with no finished trial: gap inf)."""
     gaps = [r["elbo_gap"] if r["elbo_gap"] is not None else math.inf for r in rows]
     mean_gap = statistics.fmean(gaps)
-    se = statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 and math.isfinite(mean_gap) else math.nan
-    half = se * float(scipy.stats.t.ppf(0.975, len(gaps) - 1)) if len(gaps) > 1 else math.nan
+    std = statistics.stdev(gaps) if len(gaps) > 1 and math.isfinite(mean_gap) else math.nan
+    se, half = std / math.sqrt(len(gaps)), float(ci95(std, len(gaps)))
     return {"pruner": pruner, "seeds": len(rows), "mean_saved": statistics.fmean(r["epochs_saved"] for r in rows),
             "mean_gap": mean_gap, "gap_se": se, "gap_ci95": [mean_gap - half, mean_gap + half], "worst_gap": max(gaps)}
 
