@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which trials get the charts and the MLflow model (default all; best: only the "
                           "study's best trial, at the end, which saves ~0.35 s a trial; every trial keeps "
                           "its image grids and weights)")
+    run.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                     help="folder for running trials' checkpoints, shared by all workers (default: "
+                          "checkpoints/ beside a local Optuna storage file, else ./checkpoints)")
+    run.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                     help="checkpoint every N epochs (default 1)")
+    run.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
+                     help="also checkpoint inside an epoch once M minutes passed since the last one")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep the checkpoints of finished trials (default: removed)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
@@ -92,6 +101,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: must be at least 1")
+    if args.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
+    if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
+        raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
     if args.device:
         from vaebench.train import resolve_device
 
@@ -101,7 +114,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise InputError(f"--device {args.device}: {exc}") from None
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import report, search, tracking
+    from vaebench import checkpoint, report, search, tracking
     from vaebench.progress import ProgressBar
 
     if args.tensorboard and not tracking.tensorboard_available():
@@ -117,6 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
 
+    ckpt_folder = search.checkpoint_folder(args.storage, spec.name, args.checkpoint_dir)
+    if args.checkpoint_dir:
+        tracking.check_file_location(Path(args.checkpoint_dir) / "x", f"--checkpoint-dir {args.checkpoint_dir}")
+    ckpt_options = checkpoint.Options(ckpt_folder, args.checkpoint_every, args.checkpoint_minutes, args.keep_checkpoints)
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
     with _graceful_sigint(stop):
@@ -124,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
-                                      artifacts_mode=args.artifacts)
+                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {tracking.redact(args.storage)}, study '{spec.name}')")

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from vaebench import schedules
 from vaebench.errors import InputError
 
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
@@ -39,7 +40,7 @@ class _Strict(BaseModel):
 class DatasetSpec(_Strict):
     name: str = "mnist5k"
     binarize: Literal["none", "static", "dynamic"] = "none"
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="0: no validation split (train on all of it)")
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     seed: int = Field(0, ge=0, description="split seed: fixed per study, so trial seeds vary only training")
     # How to get the files, not which data: kept out of dumps, so it is neither a trial's
@@ -68,6 +69,7 @@ class ModelSpec(_Strict):
     k: int | None = Field(None, ge=1, description="iwae: importance samples per example in training")
     hidden: int | tuple[int, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
     channels: tuple[int, ...] | None = None
+    activation: str | None = Field(None, description="mlp, conv: hidden-unit nonlinearity (relu unless set)")
 
     def hparams(self) -> dict[str, Any]:
         """Architecture and objective hyper-parameters that were set (None = the default)."""
@@ -85,6 +87,8 @@ class ModelSpec(_Strict):
         ):
             if name not in known:
                 raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        if self.activation is not None and self.activation not in models.ACTIVATIONS:
+            raise ValueError(f"activation: unknown {self.activation!r}; known: {', '.join(sorted(models.ACTIVATIONS))}")
         defaults = models.arch_hparams(self.arch) | models.objective_hparams(self.objective)
         for key, value in self.hparams().items():
             if key not in defaults:
@@ -98,17 +102,54 @@ class ModelSpec(_Strict):
         return self
 
 
+class ScheduleSpec(_Strict):
+    """A learning-rate schedule from vaebench.schedules and the parameters that were set."""
+
+    name: str = "constant"
+    stages: int | None = Field(None, ge=1, description="staged: number of stages i = 0, 1, ...")
+    growth: int | None = Field(None, ge=1, description="staged: stage i lasts growth**i epochs")
+    decay: float | None = Field(None, gt=0, le=1, description="staged: stage i runs at lr * decay**i")
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+    def build(self, lr: float) -> schedules.Schedule:
+        return schedules.build(self.name, lr, **self.params())
+
+    @model_validator(mode="after")
+    def _known(self) -> ScheduleSpec:
+        self.build(1.0)  # unknown names and parameters raise ValueError here
+        return self
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    adam_eps: float = Field(1e-8, gt=0, description="Adam's epsilon (1e-4 in the IWAE paper)")
+    schedule: ScheduleSpec = ScheduleSpec()
     grad_clip: float | None = Field(None, gt=0)
     kl_warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _within_schedule(self) -> TrainSpec:
+        total = self.schedule.build(self.lr).total_epochs
+        if total is not None and self.epochs > total:
+            raise ValueError(f"epochs: {self.epochs} is past the end of the {self.schedule.name} schedule ({total} epochs)")
+        return self
 
 
 class EvalSpec(_Strict):
     batch_size: int = Field(1024, ge=1)
     iwae_k: int = Field(0, ge=0, description="importance samples for test_iwae_ll; 0 = off")
+    stage_points: int = Field(0, ge=0, description="test_iwae_ll_subset on the first N test examples at the end "
+                                                   "of every schedule stage (needs iwae_k); 0 = off")
+
+    @model_validator(mode="after")
+    def _stage_needs_k(self) -> EvalSpec:
+        if self.stage_points and not self.iwae_k:
+            raise ValueError("stage_points: needs iwae_k, the importance samples of test_iwae_ll_subset")
+        return self
 
 
 class Range(_Strict):
@@ -181,6 +222,19 @@ class StudySpec(_Strict):
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     search: SearchSpec
+
+    @model_validator(mode="after")
+    def _objective_measured(self) -> StudySpec:
+        """Without a validation split no val_ metric exists: the objective must be a train_ one."""
+        fractions = [self.dataset.val_fraction]
+        dom = self.search.space.get("dataset.val_fraction")
+        if isinstance(dom, list):
+            fractions += [v for v in dom if isinstance(v, (int, float))]
+        if 0 in fractions and self.search.objective.startswith("val_"):
+            raise ValueError(f"search.objective: {self.search.objective} needs a validation split, but "
+                             "dataset.val_fraction is 0; optimise a train_ metric (such as train_loss, direction "
+                             "minimize) or set a val_fraction")
+        return self
 
     @model_validator(mode="after")
     def _space_values_valid(self) -> StudySpec:

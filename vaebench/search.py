@@ -47,7 +47,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import __version__, artifacts, data, metrics, models, train
+from vaebench import __version__, artifacts, checkpoint, data, metrics, models, train
 from vaebench.config import Range, StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.tracking import (
@@ -338,19 +338,56 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
                      test_fraction=d.test_fraction, data_dir=data_dir)
 
 
+def stage_evaluation(cfg: TrialConfig, model: models.VAEModel, ds: data.Dataset,
+                     log: Callable[[dict[str, float], int], None]) -> train.EpochCallback | None:
+    """`test_iwae_ll_subset` (k = eval.iwae_k, on the first eval.stage_points test examples) at
+    the end of every learning-rate stage and of training, so a long schedule's curve shows
+    where it heads. Evaluation only: its noise comes from its own seeded generators, so
+    training runs the same with or without it."""
+    if not cfg.eval.stage_points:
+        return None
+    ends = set(cfg.train.schedule.build(cfg.train.lr).stage_ends(cfg.train.epochs))
+    x = ds.test.x[: cfg.eval.stage_points]
+
+    def at_stage_end(epoch: int, _: dict[str, float]) -> None:
+        if epoch in ends:
+            value = metrics.iwae_log_likelihood(model, x, cfg.eval.iwae_k, seed=cfg.seed).mean()
+            log({"test_iwae_ll_subset": float(value)}, epoch)
+
+    return at_stage_end
+
+
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
+    ckpt: checkpoint.TrialCheckpoint | None = None, ckpt_options: checkpoint.Options | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores and the per-trial
-    artifacts to `run` (and `board`); the full set too when given the experiment to put it in."""
+    artifacts to `run` (and `board`); the full set too when given the experiment to put it in.
+    With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
+    written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
     log_epoch = lambda epoch, m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch, buffered=True)  # noqa: E731
-    loggers = [log_epoch] + ([board.log_epoch] if board else [])
+    stage = stage_evaluation(cfg, model, ds, lambda m, step: run.log_metrics(m, step=step, buffered=True))
+    loggers = [log_epoch] + ([stage] if stage else []) + ([board.log_epoch] if board else [])
+    checkpointing = None
+    if ckpt is not None:
+        options = ckpt_options or checkpoint.Options(ckpt.path.parent)
+
+        def save(state: dict[str, Any]) -> None:
+            run.flush()
+            ckpt.save(state)
+
+        checkpointing = train.Checkpointing(
+            save, resume=resume, every_epochs=options.every_epochs,
+            every_seconds=None if options.every_minutes is None else 60 * options.every_minutes)
     history = train.fit(
         model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-        seed=cfg.seed, grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
+        seed=cfg.seed, adam_eps=cfg.train.adam_eps, schedule=cfg.train.schedule.build(cfg.train.lr),
+        grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
         callbacks=[*loggers, *callbacks], device=cfg.device, eval_batch_size=cfg.eval.batch_size,
+        checkpointing=checkpointing,
     )
     scores = metrics.evaluate(model, ds, split="test", batch_size=cfg.eval.batch_size,
                               seed=cfg.seed, iwae_k=cfg.eval.iwae_k)
@@ -369,6 +406,18 @@ def train_and_evaluate(
     if full_artifacts_in is not None:
         artifacts.log_full(model, ds, run, full_artifacts_in)
     return history.last | final
+
+
+def checkpoint_folder(storage_url: str, study: str, folder: str | None = None) -> Path:
+    """`folder/<study>` when given (a shared folder for workers on several machines); else
+    `checkpoints/<study>` beside a local storage file (SQLite, journal), or in the current
+    folder for a database server."""
+    if folder is None:
+        local = journal_path(storage_url) or sqlite_path(storage_url)
+        base = (local.parent if local is not None else Path(".")) / "checkpoints"
+    else:
+        base = Path(folder)
+    return base / study
 
 
 @dataclass
@@ -484,9 +533,10 @@ class Worker:
     def __init__(
         self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
         progress: Progress, stop: threading.Event, data_dir: str | None = None,
-        tensorboard_dir: str | None = None, artifacts_mode: str = "all",
+        tensorboard_dir: str | None = None, artifacts_mode: str = "all", ckpt_options: checkpoint.Options | None = None,
     ) -> None:
         self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
+        self.ckpt_options = ckpt_options
         self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
         self.artifacts_mode = artifacts_mode
         self.me = Process.current()
@@ -682,17 +732,31 @@ class Worker:
         cfg = spec.with_params(params)
         ds = load_data(cfg, self.data_dir)
         name = run_name(trial.number, params)
-        run = self.tracker.start_trial(self.parent_id, trial.number, name, environment() | {
+        tags = environment() | {
             "vaebench.dataset_fingerprint": ds.fingerprint,
             "vaebench.device": str(train.resolve_device(cfg.device)),
             "vaebench.seed": cfg.seed,
             "vaebench.optuna_trial_id": trial._trial_id,
-        })
+        }
+        ckpt, resume, run = None, None, None
+        if self.ckpt_options is not None:
+            ckpt = checkpoint.TrialCheckpoint(self.ckpt_options.folder, checkpoint.identity(cfg.flat(), ds.fingerprint))
+            resume = ckpt.load()  # a damaged or foreign file fails the trial, in one line
+            if resume is not None:
+                earlier = ckpt.info_of_saved().get("run_id")
+                run = self.tracker.resume_trial(earlier, trial.number, tags | {
+                    "vaebench.resumed_at_epoch": resume["epoch"]}) if earlier else None
+        if run is None:
+            run = self.tracker.start_trial(self.parent_id, trial.number, name, tags)
+            run.log_params(cfg.flat())
+        if ckpt is not None:
+            ckpt.info = {"run_id": run.run_id, "study": spec.name}
         assert self.current is not None
         self.current.run = run
-        run.log_params(cfg.flat())
         trial.set_user_attr(RUN_ATTR, run.run_id)
         objective_key = spec.search.objective
+        for past in (resume or {}).get("history", {}).get("epochs", []):  # the pruner sees the whole curve
+            trial.report(past[objective_key], int(past["epoch"]))
 
         def report(epoch: int, m: dict[str, float]) -> None:
             self.progress.on_epoch(trial.number, epoch, cfg.train.epochs)
@@ -705,19 +769,28 @@ class Worker:
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
-            final = train_and_evaluate(cfg, ds, run, [report], board, full)
+            final = train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options, resume)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
+            self.drop_checkpoint(ckpt)
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(REASON_ATTR, INTERRUPTED)
             run.finish("INTERRUPTED", INTERRUPTED)
             raise
+        except DivergenceError:
+            self.drop_checkpoint(ckpt)  # it would diverge again from there; other failures keep it
+            raise
         finally:
             if board:
                 board.close()
         run.finish("COMPLETE")
+        self.drop_checkpoint(ckpt)
         return final[objective_key]
+
+    def drop_checkpoint(self, ckpt: checkpoint.TrialCheckpoint | None) -> None:
+        if ckpt is not None and self.ckpt_options is not None and not self.ckpt_options.keep:
+            ckpt.remove()
 
 
 def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path: str) -> str:
@@ -753,10 +826,13 @@ def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
+    ckpt_options: checkpoint.Options | None = None,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
-    `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
+    `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
+    keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
+    its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
     "best" only the best trial. `stop`, once set (the CLI's first Ctrl-C), ends the running trial after its epoch as if
     interrupted, and starts no other; the result then has `interrupted` set.
     """
@@ -767,6 +843,7 @@ def run_study(
         study = create_study(spec, open_storage(storage_url))
         tracker = StudyTracker.open(tracking_uri, spec.name)
         parent_id = parent_run(spec, study, tracker, study_path)
+    ckpt_options = ckpt_options or checkpoint.Options(checkpoint_folder(storage_url, spec.name))
     worker = Worker(spec, study, tracker, parent_id, total, progress or Progress(), stop or threading.Event(),
-                    data_dir, tensorboard_dir, artifacts_mode)
+                    data_dir, tensorboard_dir, artifacts_mode, ckpt_options)
     return worker.run()

@@ -287,6 +287,17 @@ class StudyTracker:
         return TrialRun(self.client, run.info.run_id)
 
 
+    def resume_trial(self, run_id: str, number: int, tags: dict[str, Any]) -> TrialRun | None:
+        """The child run `run_id` RUNNING again for trial `number`, which continues it from a
+        checkpoint; None when the run is gone or belongs to another study or parent."""
+        if not self.has_run(run_id):
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        run = TrialRun(self.client, run_id)
+        run.set_tags({TRIAL: str(number), STATE: "RUNNING", REASON: ""} | tags)
+        return run
+
+
 class TensorBoardRun:
     """The same per-epoch scalars and pictures as MLflow, as TensorBoard event files."""
 
