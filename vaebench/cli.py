@@ -14,9 +14,12 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vaebench.errors import InputError
+
+if TYPE_CHECKING:
+    from vaebench.config import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -92,13 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: must be at least 1")
+    check_devices(spec, path, args.device)
     if args.device:
-        from vaebench.train import resolve_device
-
-        try:
-            resolve_device(args.device)
-        except (ValueError, RuntimeError) as exc:
-            raise InputError(f"--device {args.device}: {exc}") from None
         spec = spec.model_copy(update={"device": args.device})
 
     from vaebench import report, search, tracking
@@ -149,6 +147,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
+    """Every device the study can run on must exist on this machine: the flag's (else the
+    file's `device:`) and any `search.space.device` choice."""
+    from vaebench.validate import device_problem, shown
+
+    if flag is not None and (problem := device_problem(flag)):
+        raise InputError(f"--device {flag}: {problem}")
+    base = [] if flag is not None else [("device", spec.device)]
+    choices = [(f"search.space.device = {shown(v)}", v) for v in spec.search.space.get("device", [])]
+    for where, name in base + choices:
+        if problem := device_problem(name):
+            raise InputError(f"{path}: {where}: {problem}")
+
+
 def failure_summary(failures: dict[int, str]) -> str:
     """`3 trials failed: DivergenceError: ... (trials 1, 4); ValueError: ... (trial 2)`: one line."""
     groups: dict[str, list[int]] = {}
@@ -195,10 +207,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
+    from vaebench.validate import safe_child
 
+    out = Path(args.out) if args.out else safe_child(Path("results"), args.study) / "leaderboard.csv"
     tracking.quiet()
     board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study, args.per_trial)
-    out = Path(args.out) if args.out else Path("results") / args.study / "leaderboard.csv"
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
     return 0
