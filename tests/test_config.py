@@ -1,15 +1,22 @@
 """Study files: validation names the file and the field; trial configs resolve dotted keys."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import re
+import tempfile
 import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from vaebench import cli, models
 from vaebench.config import SearchSpec, StudySpec, find_study, load_study
 from vaebench.errors import InputError
 from vaebench.studyfile import StudyLoader
@@ -475,3 +482,151 @@ def test_messages_name_the_files_keys_not_pydantics(tmp_path: Path, sections: di
     message = error_of(tmp_path, mutate(**sections))
     assert expected in message
     assert not re.search(r"list\[|union\[|tuple\[|dict\[|function-|constrained|Range\b|\.float\b|\.int\b", message), message
+
+
+# -- property: adversarial study files are refused in one line ---------------------------
+
+SHIPPED = sorted((REPO / "studies").glob("*.yaml"))
+BAD_NAMES = [".", "..", "../x", "a/../..", "/tmp/x", "a/b", "-rf", ".hidden", "a b", "x\ny", "é", "", "a" * 101]
+BAD_DEVICES = ["meta", "", "tpu", "cuda:x", "CPU", "cpu:-1", "cuda cuda"]
+BAD_METRICS = ["val_bogus", "train_seconds", "train_samples_per_s", "eval_samples_per_s", "test_elbo", "n_params", "epoch", ""]
+NON_FINITE = [float("inf"), float("-inf"), float("nan")]
+BAD_CHOICES = [("seed", [-1]), ("seed", [2**32]), ("seed", [2**64]), ("model.hidden", [[0]]), ("model.hidden", [[-5]]),
+               ("model.channels", [[0]]), ("train.lr", [0.0]), ("model.beta", [-1.0]), ("train.epochs", [0]),
+               ("model.latent_dim", [0]), ("dataset.val_fraction", [1e-9]), ("dataset.val_fraction", [0.7]),
+               ("train.batch_size", [-3])]
+BAD_RANGES = [("train.epochs", {"low": 1, "high": 4}), ("train.epochs", {"low": 1.5, "high": 4, "type": "int"}),
+              ("train.lr", {"low": 1e-4, "high": float("inf")}), ("model.beta", {"low": -1.0, "high": 2.0}),
+              ("seed", {"low": 0, "high": 2**33, "type": "int"}), ("train.lr", {"low": 0.0, "high": 1.0, "log": True}),
+              ("model.arch", {"low": 1, "high": 2}), ("train.batch_size", {"low": 0, "high": 64, "type": "int"})]
+
+
+def flow(value: object) -> str:
+    """A value in YAML flow style (JSON is YAML), non-finite floats as YAML writes them."""
+    return json.dumps(value).replace("-Infinity", "-.inf").replace("Infinity", ".inf").replace("NaN", ".nan")
+
+
+def numeric_leaves(tree: object, path: tuple = ()) -> list[tuple]:
+    if isinstance(tree, dict):
+        return [p for k, v in tree.items() for p in numeric_leaves(v, path + (k,))]
+    if isinstance(tree, list):
+        return [p for i, v in enumerate(tree) for p in numeric_leaves(v, path + (i,))]
+    return [path] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def equal_value(value: object) -> list[object]:
+    """Values that a setting reads as `value` (1, 1.0 and true for 1)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, list)):
+        return [value]
+    if isinstance(value, list):
+        return [value, [float(v) if isinstance(v, int) else v for v in value]]
+    same = [value, float(value)] + ([int(value)] if float(value).is_integer() else [])
+    return same + ([bool(value)] if value in (0, 1) else [])
+
+
+def on_space(tree: dict, key: str, dom: object) -> None:
+    """`key: dom` in the space, the search made able to take it (so the error is about `key`)."""
+    tree["search"]["space"][key] = dom
+    if isinstance(dom, dict):
+        tree["search"].update(sampler="random", n_trials=4)
+    elif tree["search"]["sampler"] == "grid":
+        tree["search"].pop("n_trials", None)
+
+
+@st.composite
+def adversarial_study(draw: st.DrawFn) -> tuple[str, str, str | None]:
+    """(kind, YAML text, a key the message must name or None): a shipped study file made bad."""
+    tree = yaml.safe_load(draw(st.sampled_from(SHIPPED)).read_text())
+    tree["name"] = "adv"
+    kind = draw(st.sampled_from(["deep", "duplicate key", "non-finite", "bad choice", "bad range", "name",
+                                 "equal choices", "device", "metric", "objective x hparam", "label searched"]))
+    text, key = None, None
+    if kind == "deep":
+        depth = draw(st.one_of(st.integers(21, 100), st.sampled_from([500, 600, 1000])))
+        if draw(st.booleans()):  # in flow style, as a searched value
+            tree["search"]["space"]["seed"] = "DEEP"
+            text = yaml.safe_dump(tree).replace("DEEP", "[" * depth + "1" + "]" * depth)
+        else:  # in block style, as the description
+            tree.pop("description", None)
+            text = yaml.safe_dump(tree) + "description:\n" + "".join(
+                "  " * i + f"k{i}:\n" for i in range(1, depth)) + "  " * depth + "v: 1\n"
+    elif kind == "duplicate key":
+        section = draw(st.sampled_from([k for k, v in tree.items() if isinstance(v, dict)]))
+        items = list(tree.pop(section).items())
+        dup = draw(st.sampled_from(items))
+        at = draw(st.integers(0, len(items)))
+        items.insert(at, dup)
+        text = yaml.safe_dump(tree) + f"{section}: {{" + ", ".join(f"{flow(k)}: {flow(v)}" for k, v in items) + "}\n"
+    elif kind == "non-finite":
+        leaf = draw(st.sampled_from(numeric_leaves(tree)))
+        node = tree
+        for part in leaf[:-1]:
+            node = node[part]
+        node[leaf[-1]] = draw(st.sampled_from(NON_FINITE))
+    elif kind == "bad choice":
+        key, values = draw(st.sampled_from(BAD_CHOICES))
+        current = tree["search"]["space"].get(key)
+        on_space(tree, key, draw(st.permutations(values + (current[:1] if isinstance(current, list) else []))))
+    elif kind == "bad range":
+        key, dom = draw(st.sampled_from(BAD_RANGES))
+        on_space(tree, key, dom)
+    elif kind == "name":
+        tree["name"] = draw(st.sampled_from(BAD_NAMES))
+        key = "name"
+    elif kind == "equal choices":
+        lists = [k for k, v in tree["search"]["space"].items() if isinstance(v, list)] or ["seed"]
+        key = draw(st.sampled_from(lists))
+        values = list(tree["search"]["space"].get(key, [0]))
+        twin = draw(st.sampled_from(equal_value(draw(st.sampled_from(values)))))
+        values.insert(draw(st.integers(0, len(values))), twin)
+        on_space(tree, key, values)
+    elif kind == "device":
+        tree["device"] = draw(st.sampled_from(BAD_DEVICES))
+        key = "device"
+    elif kind == "metric":
+        tree["search"]["objective"] = draw(st.sampled_from(BAD_METRICS))
+        key = "search.objective"
+    elif kind == "objective x hparam":
+        hparam, value = draw(st.sampled_from([("beta", [1.0, 4.0]), ("k", [2]), ("c_max", [5.0]), ("alpha", [2.0])]))
+        takes = [o for o in models.OBJECTIVES if hparam in models.objective_hparams(o)]
+        objectives = [draw(st.sampled_from(takes))] + draw(st.permutations(list(models.OBJECTIVES)))[:2]
+        if all(o in takes for o in objectives):
+            objectives.append("vae")
+        # the study's own objective takes the hparam: each searched key alone is valid
+        tree["model"] = {k: v for k, v in tree["model"].items() if k in ("arch", "latent_dim", "likelihood")}
+        tree["model"]["objective"] = objectives[0]
+        tree["search"].update(sampler="grid", space={"model.objective": list(dict.fromkeys(objectives)),
+                                                     f"model.{hparam}": value})
+        tree["search"].pop("n_trials", None)
+        key = "search.space.model."
+    else:
+        label = draw(st.sampled_from(["name", "description"]))
+        on_space(tree, label, ["a", "b"])
+        key = f"search.space.{label}"
+    if kind in ("bad choice", "bad range", "equal choices") and key is not None:
+        key = f"search.space.{key}"
+    return kind, text if text is not None else yaml.safe_dump(tree, allow_unicode=True), key
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=adversarial_study())
+def test_adversarial_study_files_are_refused_in_one_line(case: tuple[str, str, str | None]) -> None:
+    """Every generated file is bad: load_study raises InputError, one line naming the file
+    (and the key, where the mutation was aimed at one) and none of pydantic's own path steps;
+    the CLI exits 2 with that line and leaves the folder as it was."""
+    kind, text, key = case
+    event(kind)
+    with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
+        Path("adv.yaml").write_text(text)
+        with pytest.raises(InputError) as info:
+            load_study("adv.yaml")
+        message = str(info.value)
+        assert message.startswith("adv.yaml") and "\n" not in message, message
+        assert key is None or key in message, (key, message)
+        assert not re.search(r"list\[|union\[|tuple\[|dict\[|function-|constrained", message), message
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(err):
+            code = cli.main(["run", "--study", "adv.yaml", "--storage", "sqlite:///optuna.db",
+                             "--tracking-uri", "sqlite:///mlflow.db", "--no-progress"])
+        assert (code, out.getvalue(), err.getvalue().count("\n")) == (2, "", 1), err.getvalue()
+        assert err.getvalue().startswith("vaebench: error: adv.yaml") and os.listdir(".") == ["adv.yaml"]
