@@ -398,7 +398,7 @@ def test_out_of_range_choices_are_refused(tmp_path: Path, values: dict, expected
                                                            " use 0 for no validation split, or at least 0.001"),
     ({"dataset": {"name": "digits", "test_fraction": 1e-9}}, "dataset.test_fraction: 1e-09 would hold almost no examples: use at least 0.001"),
     ({"model": {"arch": "conv", "objective": "vae", "channels": [0]}}, "model.channels[0]: Input should be greater"),
-    ({"model": {"arch": "conv", "objective": "vae", "channels": []}}, "model.channels: Tuple should have at least 1"),
+    ({"model": {"arch": "conv", "objective": "vae", "channels": []}}, "model.channels: List should have at least 1"),
     ({"train": {"lr": float("inf")}}, "train.lr: Input should be a finite number"),
 ])
 def test_out_of_range_settings_are_one_line(tmp_path: Path, sections: dict, expected: str) -> None:
@@ -630,3 +630,24 @@ def test_adversarial_study_files_are_refused_in_one_line(case: tuple[str, str, s
                              "--tracking-uri", "sqlite:///mlflow.db", "--no-progress"])
         assert (code, out.getvalue(), err.getvalue().count("\n")) == (2, "", 1), err.getvalue()
         assert err.getvalue().startswith("vaebench: error: adv.yaml") and os.listdir(".") == ["adv.yaml"]
+
+
+def test_a_float_range_is_checked_just_above_its_low_end(tmp_path: Path) -> None:
+    """The fraction rule (0, or at least MIN_FRACTION) has a gap a range's ends can straddle."""
+    from vaebench.config import Range
+    from vaebench.validate import domain_values
+
+    values = domain_values(Range(low=0.0, high=0.3))
+    assert values[:2] == [0.0, 0.3] and not values[2].is_integer() and 0 < values[3] < 1e-300
+    message = error_of(tmp_path, space({"dataset.val_fraction": {"low": 0.0, "high": 0.3}}, sampler="tpe", n_trials=2))
+    assert "search.space.dataset.val_fraction = 0.0" in message or "= 5e-324: dataset.val_fraction" in message
+    spec = StudySpec.model_validate(space({"dataset.val_fraction": {"low": 0.05, "high": 0.3}}, sampler="tpe", n_trials=2))
+    assert spec.search.space["dataset.val_fraction"].low == 0.05
+
+
+def test_wrong_kinds_of_value_are_named_together_in_the_files_terms(tmp_path: Path) -> None:
+    assert error_of(tmp_path, space({"seed": 3})).endswith(
+        "search.space.seed: Input should be a valid list or a valid dictionary")
+    assert error_of(tmp_path, mutate(model=5)).endswith(": model: Input should be a valid dictionary")
+    assert error_of(tmp_path, mutate(model={"hidden": {"a": 1}})).endswith(
+        "model.hidden: Input should be a valid integer or a valid list")

@@ -1,6 +1,7 @@
 """Study files as YAML: a strict loader, and pydantic's errors told in the file's own keys."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
@@ -60,29 +61,49 @@ def format_validation_error(exc: ValidationError, data: Any = None) -> str:
     pydantic reports one error per member of a union (a choice may be a number, a list, ...)
     and puts its own steps in the location (`list[...]`, `function-after[...]`): the error
     that reaches deepest into `data` (the validated input) is kept, a broken constraint
-    before a wrong type, and the path keeps only steps that are keys or items of `data`.
+    before a wrong type (wrong types at one place are named together), and the path keeps
+    only the steps that are keys or items of `data`.
     """
-    def path(err: Any) -> str:
-        node, out = data, ""
-        for step in err["loc"]:
-            if isinstance(node, dict) and step in node:
-                out, node = f"{out}.{step}" if out else str(step), node[step]
-            elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
-                out, node = f"{out}[{step}]", node[step]
-            elif data is None and not (isinstance(step, str) and ("[" in step or step.startswith("function-"))):
-                out = f"{out}.{step}" if out else str(step)
-        if err["type"] == "missing" and data is not None:
-            out = f"{out}.{err['loc'][-1]}" if out else str(err["loc"][-1])
-        return out
-
-    errors = exc.errors()
-    err = max(errors, key=lambda e: (path(e).count(".") + path(e).count("["),
-                                     not e["type"].endswith(("_type", "_parsing"))))
+    located = [(file_steps(e, data), e) for e in exc.errors()]
+    steps, err = max(located, key=lambda item: (len(item[0]), not wrong_kind(item[1])))
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, SettingError):  # its message names the key from the top
         return str(cause)
-    loc = path(err)
-    msg = err["msg"].removeprefix("Value error, ")
+    msg = plain(err["msg"])
     if err["type"] == "extra_forbidden":
         msg = "unknown setting"
+    elif wrong_kind(err):
+        kinds = dict.fromkeys(plain(e["msg"]).removeprefix("Input should be ").split(",")[0]
+                              for s, e in located if s == steps and wrong_kind(e))
+        if len(kinds) > 1:
+            msg = "Input should be " + " or ".join(kinds)
+    loc = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).removeprefix(".")
     return f"{loc}: {msg}" if loc else msg
+
+
+def plain(msg: str) -> str:
+    """pydantic's message in the file's terms: YAML has lists and mappings, not classes or tuples."""
+    msg = re.sub(r" or instance of \w+", "", msg.removeprefix("Value error, "))
+    return msg.replace("valid tuple", "valid list").replace("Tuple should", "List should")
+
+
+def wrong_kind(err: Any) -> bool:
+    return err["type"].endswith(("_type", "_parsing"))
+
+
+def file_steps(err: Any, data: Any) -> list[str | int]:
+    """The steps of an error's location that are keys or items of `data` (without data:
+    those that do not look like pydantic's own)."""
+    node, steps = data, []
+    for step in err["loc"]:
+        if isinstance(node, dict) and step in node:
+            steps.append(step)
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            steps.append(step)
+            node = node[step]
+        elif data is None and not (isinstance(step, str) and ("[" in step or step.startswith("function-"))):
+            steps.append(step)
+    if err["type"] == "missing" and data is not None:
+        steps.append(err["loc"][-1])
+    return steps

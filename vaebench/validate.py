@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,12 +146,14 @@ def check_space(space: dict[str, Any], resolve: Resolve) -> None:
 
 
 def domain_values(dom: Any) -> list[Any]:
-    """A list's choices; a range's ends (whole numbers for an int range) and an interior value."""
+    """A list's choices; a range's ends (whole numbers for an int range), and for a float
+    range a non-whole interior value and the next float above `low` (a split fraction may be
+    0 but not just above it)."""
     if isinstance(dom, list):
         return dom
     if dom.type == "int":
         return [int(dom.low), int(dom.high)]
-    return [dom.low, dom.high, interior(dom.low, dom.high)]
+    return [dom.low, dom.high, interior(dom.low, dom.high), math.nextafter(dom.low, dom.high)]
 
 
 def selects(dom: Any) -> bool:
