@@ -8,7 +8,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,8 @@ def shown(value: Any) -> str:
 def check_name(name: str) -> str:
     """A study name becomes a folder, an MLflow experiment and an Optuna study: keep it plain."""
     if not _NAME.fullmatch(name):
-        shown = name if len(name) <= 40 else name[:37] + "..."
-        raise ValueError(f"{shown!r} is not a usable study name: {NAME_RULE}")
+        short = name if len(name) <= 40 else name[:37] + "..."
+        raise ValueError(f"{short!r} is not a usable study name: {NAME_RULE}")
     return name
 
 
