@@ -651,3 +651,12 @@ def test_wrong_kinds_of_value_are_named_together_in_the_files_terms(tmp_path: Pa
     assert error_of(tmp_path, mutate(model=5)).endswith(": model: Input should be a valid dictionary")
     assert error_of(tmp_path, mutate(model={"hidden": {"a": 1}})).endswith(
         "model.hidden: Input should be a valid integer or a valid list")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('"a\\nb": 1\nsearch: {sampler: grid, space: {seed: [0]}}\n', ": a\\nb: unknown setting"),
+    ('model: {arch: "mlp\\rx"}\nsearch: {sampler: grid, space: {seed: [0]}}\n', ": model: unknown arch 'mlp\\rx'; known:"),
+    ('search: {sampler: grid, space: {"seed\\u2028": [0]}}\n', ": search.space.seed\\u2028: no such setting"),
+])
+def test_a_message_is_one_line_whatever_the_file_holds(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error_of(tmp_path, "name: t\n" + text)

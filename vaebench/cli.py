@@ -249,8 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)
-        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
-        print(f"vaebench: error: {message}", file=sys.stderr)
+        print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)
