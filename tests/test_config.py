@@ -660,3 +660,8 @@ def test_wrong_kinds_of_value_are_named_together_in_the_files_terms(tmp_path: Pa
 ])
 def test_a_message_is_one_line_whatever_the_file_holds(tmp_path: Path, text: str, expected: str) -> None:
     assert expected in error_of(tmp_path, "name: t\n" + text)
+
+
+def test_a_key_that_is_a_number_is_named_as_a_key(tmp_path: Path) -> None:
+    assert error_of(tmp_path, "name: t\n1: 2\nsearch: {sampler: grid, space: {seed: [0]}}\n").endswith(
+        ": 1: Keys should be strings")

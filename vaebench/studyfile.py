@@ -77,7 +77,7 @@ def format_validation_error(exc: ValidationError, data: Any = None) -> str:
                               for s, e in located if s == steps and wrong_kind(e))
         if len(kinds) > 1:
             msg = "Input should be " + " or ".join(kinds)
-    loc = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).removeprefix(".")
+    loc = "".join(steps).removeprefix(".")
     return f"{loc}: {msg}" if loc else msg
 
 
@@ -91,19 +91,19 @@ def wrong_kind(err: Any) -> bool:
     return err["type"].endswith(("_type", "_parsing"))
 
 
-def file_steps(err: Any, data: Any) -> list[str | int]:
-    """The steps of an error's location that are keys or items of `data` (without data:
-    those that do not look like pydantic's own)."""
+def file_steps(err: Any, data: Any) -> list[str]:
+    """The steps of an error's location that are keys (`.key`) or items (`[i]`) of `data`
+    (without data: those that do not look like pydantic's own)."""
     node, steps = data, []
     for step in err["loc"]:
         if isinstance(node, dict) and step in node:
-            steps.append(step)
+            steps.append(f".{step}")
             node = node[step]
         elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
-            steps.append(step)
+            steps.append(f"[{step}]")
             node = node[step]
         elif data is None and not (isinstance(step, str) and ("[" in step or step.startswith("function-"))):
-            steps.append(step)
+            steps.append(f".{step}")
     if err["type"] == "missing" and data is not None:
-        steps.append(err["loc"][-1])
+        steps.append(f".{err['loc'][-1]}")
     return steps
