@@ -2,7 +2,9 @@
 
 Everything a trial needs is in its TrialConfig, so the same config and seed always rebuild
 the same run. Validation happens before anything is written: a bad file is reported as
-`file: field: problem` and the CLI exits 2.
+`file: field: problem` and the CLI exits 2. Field types live here; checks they cannot
+express (names, devices, every point of the search space) in validate.py; the strict YAML
+loader and messages in the file's own keys in studyfile.py.
 """
 from __future__ import annotations
 
