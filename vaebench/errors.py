@@ -8,8 +8,8 @@ class InputError(Exception):
     written as escapes.
     """
 
-    def __init__(self, message: str) -> None:
-        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in message))
+    def __init__(self, message: object) -> None:
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
 class DivergenceError(RuntimeError):
