@@ -14,9 +14,12 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vaebench.errors import InputError
+
+if TYPE_CHECKING:
+    from vaebench.config import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -105,13 +108,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
     if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
         raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
+    check_devices(spec, path, args.device)
     if args.device:
-        from vaebench.train import resolve_device
-
-        try:
-            resolve_device(args.device)
-        except (ValueError, RuntimeError) as exc:
-            raise InputError(f"--device {args.device}: {exc}") from None
         spec = spec.model_copy(update={"device": args.device})
 
     from vaebench import checkpoint, report, search, tracking
@@ -166,6 +164,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
+    """Every device the study can run on must exist on this machine: the flag's (else the
+    file's `device:`) and any `search.space.device` choice."""
+    from vaebench.validate import device_problem, shown
+
+    if flag is not None and (problem := device_problem(flag)):
+        raise InputError(f"--device {flag}: {problem}")
+    base = [] if flag is not None else [("device", spec.device)]
+    choices = [(f"search.space.device = {shown(v)}", v) for v in spec.search.space.get("device", [])]
+    for where, name in base + choices:
+        if problem := device_problem(name):
+            raise InputError(f"{path}: {where}: {problem}")
+
+
 def failure_summary(failures: dict[int, str]) -> str:
     """`3 trials failed: DivergenceError: ... (trials 1, 4); ValueError: ... (trial 2)`: one line."""
     groups: dict[str, list[int]] = {}
@@ -212,10 +224,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
+    from vaebench.validate import safe_child
 
+    out = Path(args.out) if args.out else safe_child(Path("results"), args.study) / "leaderboard.csv"
     tracking.quiet()
     board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study, args.per_trial)
-    out = Path(args.out) if args.out else Path("results") / args.study / "leaderboard.csv"
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
     return 0
@@ -253,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)
-        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
-        print(f"vaebench: error: {message}", file=sys.stderr)
+        print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)

@@ -2,20 +2,24 @@
 
 Everything a trial needs is in its TrialConfig, so the same config and seed always rebuild
 the same run. Validation happens before anything is written: a bad file is reported as
-`file: field: problem` and the CLI exits 2.
+`file: field: problem` and the CLI exits 2. Field types live here; checks they cannot
+express (names, devices, every point of the search space) in validate.py; the strict YAML
+loader and messages in the file's own keys in studyfile.py.
 """
 from __future__ import annotations
 
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from vaebench import schedules
+from vaebench import schedules, validate
 from vaebench.errors import InputError
+from vaebench.studyfile import StudyLoader, format_validation_error
+from vaebench.validate import SettingError, shown
 
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
 
@@ -23,6 +27,9 @@ Scalar = bool | int | float | str
 # A list is one choice (hidden widths [512, 256]); a mapping sets several keys of a section
 # together ({objective: beta_tcvae, beta: 6} under `model`), for settings that go in pairs.
 Choice = Scalar | list[Scalar] | dict[str, Scalar]
+Seed = Annotated[int, Field(ge=0, lt=validate.SEED_LIMIT)]
+Width = Annotated[int, Field(ge=1)]
+Device = Annotated[str, AfterValidator(validate.check_device_name)]
 
 
 def choice_label(value: Choice) -> Scalar:
@@ -34,7 +41,7 @@ def choice_label(value: Choice) -> Scalar:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
@@ -42,10 +49,20 @@ class DatasetSpec(_Strict):
     binarize: Literal["none", "static", "dynamic"] = "none"
     val_fraction: float = Field(0.1, ge=0, lt=0.5, description="0: no validation split (train on all of it)")
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    seed: int = Field(0, ge=0, description="split seed: fixed per study, so trial seeds vary only training")
+    seed: Seed = Field(0, description="split seed: fixed per study, so trial seeds vary only training")
     # How to get the files, not which data: kept out of dumps, so it is neither a trial's
     # param in MLflow nor a difference between the trials of workers started with --download.
     download: bool = Field(False, exclude=True, description="fetch a torchvision dataset missing from the data folder")
+
+    @field_validator("val_fraction", "test_fraction")
+    @classmethod
+    def _holds_examples(cls, value: float, info: Any) -> float:
+        """A split must hold examples of every class: a positive fraction below MIN_FRACTION
+        would hold none on most datasets (a validation split can be left out with 0)."""
+        if 0 < value < validate.MIN_FRACTION:
+            hint = "use 0 for no validation split, or " if info.field_name == "val_fraction" else "use "
+            raise ValueError(f"{value} would hold almost no examples: {hint}at least {validate.MIN_FRACTION}")
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
@@ -67,8 +84,8 @@ class ModelSpec(_Strict):
     c_max: float | None = Field(None, ge=0, description="annealed_vae: final capacity C in nats")
     c_steps: int | None = Field(None, ge=1, description="annealed_vae: steps over which C rises from 0 to c_max")
     k: int | None = Field(None, ge=1, description="iwae: importance samples per example in training")
-    hidden: int | tuple[int, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
-    channels: tuple[int, ...] | None = None
+    hidden: Width | tuple[Width, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
+    channels: Annotated[tuple[Width, ...], Field(min_length=1)] | None = None
     activation: str | None = Field(None, description="mlp, conv: hidden-unit nonlinearity (relu unless set)")
 
     def hparams(self) -> dict[str, Any]:
@@ -166,6 +183,8 @@ class Range(_Strict):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"an int range needs whole numbers, not low {self.low} and high {self.high}")
         return self
 
 
@@ -183,17 +202,18 @@ class SearchSpec(_Strict):
             raise ValueError("the search space is empty")
         for key, dom in self.space.items():
             if isinstance(dom, list) and not dom:
-                raise ValueError(f"space.{key}: no values to choose from")
+                raise SettingError(f"search.space.{key}", "no values to choose from")
         if self.sampler == "grid":
             ranges = [k for k, d in self.space.items() if isinstance(d, Range)]
             if ranges:
-                raise ValueError(f"space.{ranges[0]}: the grid sampler needs a list of values, not a range")
+                raise SettingError(f"search.space.{ranges[0]}", "the grid sampler needs a list of values, not a range")
+            if self.grid_size() > validate.MAX_GRID:
+                raise SettingError("search.space", f"the grid has {self.grid_size()} points (at most {validate.MAX_GRID})")
             if self.n_trials is not None and self.n_trials != self.grid_size():
-                raise ValueError(f"n_trials: {self.n_trials} but the grid has {self.grid_size()} points")
+                raise SettingError("search.n_trials", f"{self.n_trials} but the grid has {self.grid_size()} points")
         elif self.n_trials is None:
-            raise ValueError(f"n_trials: required with the {self.sampler} sampler")
-        if not self.objective.startswith(("val_", "train_")):
-            raise ValueError(f"objective: {self.objective!r} must be a val_ or train_ metric (test is never optimised)")
+            raise SettingError("search.n_trials", f"required with the {self.sampler} sampler")
+        validate.check_objective_metric(self.objective)
         return self
 
     def choices(self, key: str) -> dict[Scalar, Choice]:
@@ -213,10 +233,10 @@ class SearchSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Annotated[str, AfterValidator(validate.check_name)]
     description: str = ""
-    seed: int = Field(0, ge=0)
-    device: str = "cpu"
+    seed: Seed = 0
+    device: Device = "cpu"
     dataset: DatasetSpec = DatasetSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
@@ -224,32 +244,37 @@ class StudySpec(_Strict):
     search: SearchSpec
 
     @model_validator(mode="after")
-    def _objective_measured(self) -> StudySpec:
-        """Without a validation split no val_ metric exists: the objective must be a train_ one."""
-        fractions = [self.dataset.val_fraction]
-        dom = self.search.space.get("dataset.val_fraction")
-        if isinstance(dom, list):
-            fractions += [v for v in dom if isinstance(v, (int, float))]
-        if 0 in fractions and self.search.objective.startswith("val_"):
-            raise ValueError(f"search.objective: {self.search.objective} needs a validation split, but "
-                             "dataset.val_fraction is 0; optimise a train_ metric (such as train_loss, direction "
-                             "minimize) or set a val_fraction")
-        return self
-
-    @model_validator(mode="after")
     def _space_values_valid(self) -> StudySpec:
-        """Every value the search can pick must make a valid trial: check them all now."""
-        for key, dom in self.search.space.items():
-            values = dom if isinstance(dom, list) else [dom.low, dom.high]
-            for value in values:
-                try:
-                    self.with_params({key: value})
-                except ValidationError as exc:
-                    raise ValueError(f"search.space.{key} = {value!r}: {format_validation_error(exc)}") from None
+        """Every point the search can reach must make a valid trial that reports the metric it
+        optimises: check them now (validate.check_space says which points)."""
+        from vaebench.models.objectives import DETERMINISTIC_OBJECTIVES
+
+        metric = self.search.objective
+
+        def resolve(params: dict[str, Any]) -> dict[str, Any]:
+            where = "search.space." + " with ".join(f"{k} = {shown(v)}" for k, v in params.items())
+            tree = self.trial_tree(params)
+            try:
+                cfg = TrialConfig.model_validate(tree)
+            except ValidationError as exc:
+                raise SettingError(where, format_validation_error(exc, tree)) from None
+            has_val = cfg.dataset.val_fraction > 0
+            if metric not in validate.epoch_metrics(cfg.model.objective not in DETERMINISTIC_OBJECTIVES, has_val):
+                why = (f"objective {cfg.model.objective!r}" if has_val else
+                       "a study without a validation split (dataset.val_fraction 0): optimise a train_ metric such "
+                       "as train_loss (direction minimize), or set a val_fraction")
+                raise SettingError("search.objective", f"{metric!r} is not reported by {why} ({where})")
+            return cfg.flat()
+
+        validate.check_space(self.search.space, resolve)
         return self
 
     def with_params(self, params: dict[str, Any]) -> TrialConfig:
         """This study's settings with sampled values set at their dotted keys."""
+        return TrialConfig.model_validate(self.trial_tree(params))
+
+    def trial_tree(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This study's settings (without search) as a tree, `params` set at their dotted keys."""
         tree = self.model_dump(exclude={"search"})
         for key, value in params.items():
             *parents, leaf = key.split(".")
@@ -266,7 +291,7 @@ class StudySpec(_Strict):
                 node[leaf] = node[leaf] | value
             else:
                 node[leaf] = value
-        return TrialConfig.model_validate(tree)
+        return tree
 
 
 class TrialConfig(_Strict):
@@ -274,8 +299,8 @@ class TrialConfig(_Strict):
 
     name: str
     description: str = ""
-    seed: int
-    device: str
+    seed: Seed
+    device: Device
     dataset: DatasetSpec
     model: ModelSpec
     train: TrainSpec
@@ -315,7 +340,7 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
     """Read and validate a study file; any problem becomes one InputError line."""
     path = find_study(study)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), StudyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -324,18 +349,12 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
         raise InputError(f"{path}: cannot read ({exc})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a study file must be a mapping of settings")
-    raw.setdefault("name", path.stem)
+    if "name" not in raw:
+        try:
+            raw["name"] = validate.check_name(path.stem)
+        except ValueError as exc:
+            raise InputError(f"{path}: name: {exc} (it comes from the file name: set `name:` in the file)") from None
     try:
         return StudySpec.model_validate(raw), path
     except ValidationError as exc:
-        raise InputError(f"{path}: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """The first problem as `field.path: message` (pydantic's own words, trimmed)."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown setting"
-    return f"{loc}: {msg}" if loc else msg
+        raise InputError(f"{path}: {format_validation_error(exc, raw)}") from None

@@ -2,7 +2,14 @@
 
 
 class InputError(Exception):
-    """Bad input from the user (study file, flag, data folder): message names file and field."""
+    """Bad input from the user (study file, flag, data folder): message names file and field.
+
+    Always one line: characters that are not printable (a newline in a key of the file) are
+    written as escapes.
+    """
+
+    def __init__(self, message: object) -> None:
+        super().__init__("".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message)))
 
 
 class DivergenceError(RuntimeError):
