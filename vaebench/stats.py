@@ -150,9 +150,8 @@ def seeds_needed(values: pd.DataFrame, direction: str = "maximize", best: str | 
                  power: float = POWER, alpha: float = ALPHA) -> SeedsNeeded | None:
     """For the configuration closest to the best (smallest non-zero |gap| in mean), the SD of
     its per-seed differences to the best and the number of seeds a paired t-test needs to
-    detect that gap with `power`. The observed gap of the closest configuration is a
-    selected, hence optimistic, effect: read the answer as a lower bound. None when there
-    is no second configuration with a non-zero gap and an SD (two seeds or more)."""
+    detect that gap with `power` (the estimates taken as the truth: with few seeds, a rough
+    guide). None when there is no second configuration with a non-zero gap and an SD."""
     table = compare_to_best(values, direction, best, alpha)
     best = table.loc[table["comparison"] == "best", "config"].item()
     candidates = table[(table["comparison"] != "best") & (table["diff"] != 0)]
