@@ -349,6 +349,7 @@ def budget_curve(n: np.ndarray, expected: np.ndarray, sd: np.ndarray, metric: st
     ax.set_xlabel("trials")
     ax.set_ylabel(f"best {metric}" + (f" ({_unit(metric)})" if _unit(metric) else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("Expected best of n trials (Dodge et al. 2019)", fontsize=10)

@@ -406,8 +406,6 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
             if c.startswith("param.") and c.removeprefix("param.") not in [*record.space, *record.swept]
             and not pd.isna(trials.iloc[0][c])),
         "",
-        "## Leaderboard",
-        "",
         *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
         *significance.budget_lines(board, record.finished, record.objective, record.direction,
                                    params.get("search.sampler"), "seed" in record.space, folder),

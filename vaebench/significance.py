@@ -70,6 +70,12 @@ def verdict(row: pd.Series, objective: str) -> str:
     return f"tied ({shown})" if row["tied_with_best"] else f"worse ({shown})"
 
 
+def _fmt(x: float, spread: float) -> str:
+    """`x` to two decimals, or finer so that `spread` shows two significant digits."""
+    digits = 2 if not spread > 0 else min(max(2, 1 - int(np.floor(np.log10(spread)))), 8)
+    return f"{x:.{digits}f}"
+
+
 def _names(configs: list[str]) -> str:
     return configs[0] if len(configs) == 1 else ", ".join(configs[:-1]) + f" and {configs[-1]}"
 
@@ -126,15 +132,16 @@ def _best_per_seed(board: pd.DataFrame, trials: pd.DataFrame, objective: str, di
         return []
     table.to_csv(folder / "best_per_seed.csv", index=False)
     v = table["value"]
-    sd = f" ± {v.std(ddof=1):.2f} (mean ± SD)" if len(v) > 1 else ""
+    spread = v.std(ddof=1) if len(v) > 1 else np.nan
+    sd = f" ± {_fmt(spread, spread)} (mean ± SD)" if len(v) > 1 else ""
     wins = int((table["config"] == board["config"].iloc[0]).sum())
     lines = ["## Budget", "",
              f"A grid run with one seed reports the best of its configurations under that seed. Over the "
-             f"{len(v)} seed draws here that best {objective} is {v.mean():.2f}{sd}, from {v.min():.2f} to "
-             f"{v.max():.2f}; the leaderboard's best configuration wins on {wins} of {len(v)} seeds "
-             "([best_per_seed.csv](best_per_seed.csv)).", "",
+             f"{len(v)} seed draws here that best {objective} is {_fmt(v.mean(), spread)}{sd}, from "
+             f"{_fmt(v.min(), spread)} to {_fmt(v.max(), spread)}; the leaderboard's best configuration "
+             f"wins on {wins} of {len(v)} seeds ([best_per_seed.csv](best_per_seed.csv)).", "",
              f"| seed | best configuration | {objective} |", "|---|---|---|"]
-    lines += [f"| {s:g} | {c} | {x:.2f} |" for s, c, x in table.itertuples(index=False)]
+    lines += [f"| {s:g} | {c} | {_fmt(x, spread)} |" for s, c, x in table.itertuples(index=False)]
     return lines + [""]
 
 
@@ -149,8 +156,8 @@ def _budget_curve(trials: pd.DataFrame, objective: str, direction: str, sampler:
     figure = figures.budget_curve(curve["n"], curve["expected_best"], curve["sd"], objective,
                                   folder / "figures" / "budget_curve.png")
     picks = sorted({1, max(1, len(curve) // 4), max(1, len(curve) // 2), len(curve)})
-    shown = ", ".join(f"n = {n}: {curve.loc[n - 1, 'expected_best']:.2f} ± {curve.loc[n - 1, 'sd']:.2f}"
-                      for n in picks)
+    shown = ", ".join(f"n = {n}: {_fmt(curve.loc[n - 1, 'expected_best'], curve['sd'].max())} ± "
+                      f"{_fmt(curve.loc[n - 1, 'sd'], curve['sd'].max())}" for n in picks)
     caveat = (" TPE's trials are not independent draws (each depends on those before), so the curve "
               "describes the pool of values this search found rather than a fresh TPE run of n trials."
               if sampler == "tpe" else "")
