@@ -103,8 +103,9 @@ def test_report_references_only_files_that_exist(smoke: Path) -> None:
     for link in links:
         assert (folder / link).is_file(), link
     assert (folder / "figures" / "optuna" / "optimization_history.html").is_file()
-    for heading in ("## Settings", "## Leaderboard", "## Best configuration", "## Environment", "## Reproduce"):
-        assert heading in text
+    for heading in ("## Settings", "## Leaderboard", "## Best configuration", "## Budget", "## Environment",
+                    "## Reproduce"):
+        assert text.count(f"\n{heading}\n") == 1, heading
     assert "python -m vaebench run --study" in text and "dataset fingerprint" in text
 
 

@@ -339,6 +339,23 @@ def metrics_vs_param(
     return _save(fig, path)
 
 
+def budget_curve(n: np.ndarray, expected: np.ndarray, sd: np.ndarray, metric: str, path: Path) -> Path:
+    """Expected best `metric` against the number of trials, with a ±1 SD band."""
+    n, expected, sd = (np.asarray(a, dtype=float) for a in (n, expected, sd))
+    fig = Figure(figsize=(5.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(n, expected, color="tab:blue", marker="o", markersize=3, label="expected best")
+    ax.fill_between(n, expected - sd, expected + sd, color="tab:blue", alpha=0.2, linewidth=0, label="\u00b1 1 SD")
+    ax.set_xlabel("trials")
+    ax.set_ylabel(f"best {metric}" + (f" ({_unit(metric)})" if _unit(metric) else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Expected best of n trials (Dodge et al. 2019)", fontsize=10)
+    return _save(fig, path)
+
+
 # --- Optuna study ---------------------------------------------------------------------------
 
 
