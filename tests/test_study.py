@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, vaebench
+from helpers import REPO, vaebench
 REQUIRED_METRICS = {
     "train_loss", "val_elbo", "val_recon", "val_kl", "test_elbo", "test_recon", "test_kl",
     "test_nmi", "test_ari", "test_cluster_acc", "test_silhouette", "test_probe_acc",
