@@ -1,4 +1,4 @@
-"""What search + tracking cost per trial (issue 6, point 3):
+"""What search + tracking cost per trial:
 
     python benchmarks/bench_overhead.py                  # tiny trials + flagship-trial share
     python benchmarks/bench_overhead.py --no-flagship    # tiny trials only (~1 min)

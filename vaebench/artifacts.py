@@ -1,13 +1,12 @@
 """What a trial leaves in its MLflow run besides metrics: pictures, its weights, the model.
 
-Every trial gets the cheap part (about 25 ms for the flagship MLP): image grids
-(reconstructions, prior samples), the KL of each latent dimension as a CSV, and its weights
-(`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly
-part, latent traversals, matplotlib charts (latent PCA, KL per dimension) and the MLflow
-model in its `pt2` (torch.export) format, costs about 0.35 s, 10% of a flagship trial:
-every trial gets it by default, so each child run shows its pictures and model in the
-MLflow UI; with `vaebench run --artifacts best` only the study's best trial gets it,
-rebuilt from its weights at the end of the run.
+Every trial gets the cheap part: image grids (reconstructions, prior samples), the KL of each
+latent dimension as a CSV, and its weights (`weights/state_dict.pt`, enough to rebuild the
+model from the run's params). The costly part (latent traversals, matplotlib charts of the
+latent PCA and KL per dimension, and the MLflow model in its `pt2` (torch.export) format)
+goes to every trial by default, so each child run shows its pictures and model in the MLflow
+UI; with `vaebench run --artifacts best` only the study's best trial gets it, rebuilt from its
+weights at the end of the run. benchmarks/README.md gives what each part costs.
 """
 from __future__ import annotations
 

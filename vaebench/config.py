@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from vaebench.errors import InputError
 
-STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent / "studies")  # ./studies, then the shipped ones
 
 Scalar = bool | int | float | str
 # A list is one choice (hidden widths [512, 256]); a mapping sets several keys of a section

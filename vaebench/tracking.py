@@ -117,8 +117,8 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0, buffered: bool = False) -> None:
         """Logs in one batched call. `buffered` (per-epoch metrics) holds them until `flush_s`
         has passed since the last write, then writes all held epochs, steps and times kept,
-        in one call: a write costs ~6 ms on SQLite, so one per epoch would be 3% of a
-        flagship trial on its own. `finish` (and an unbuffered call) writes what is held."""
+        in one call: each write is a database transaction, costly beside a short epoch.
+        `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
         self.buffer += [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
         if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
