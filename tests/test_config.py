@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from vaebench import cli, models
-from vaebench.config import SearchSpec, StudySpec, find_study, load_study
+from vaebench.config import StudySpec, find_study, load_study
 from vaebench.errors import InputError
 from vaebench.studyfile import StudyLoader
 from vaebench.validate import device_problem, safe_child
@@ -144,29 +144,6 @@ def test_find_study_by_name_from_another_folder(tmp_path: Path, monkeypatch: pyt
         find_study("does_not_exist")
 
 
-def test_list_choices_reach_optuna_as_labels_and_trials_as_values() -> None:
-    """Optuna takes scalar choices only: a list choice (hidden widths) goes through its label."""
-    import optuna
-
-    from vaebench import search
-
-    spec = StudySpec.model_validate(mutate(search={"sampler": "grid", "space": {
-        "model.hidden": [[32, 16], [64]], "model.beta": [1.0]}}))
-    assert spec.search.choices("model.hidden") == {"[32, 16]": [32, 16], "[64]": [64]}
-    study = optuna.create_study(sampler=search.SAMPLERS["grid"](spec))
-    seen = []
-
-    def objective(trial: optuna.Trial) -> float:
-        params = search.suggest(trial, spec)
-        seen.append(spec.with_params(params).model.hidden)
-        assert trial.params["model.hidden"] == str(list(params["model.hidden"]))
-        assert spec.search.values(trial.params) == params
-        return 0.0
-
-    study.optimize(objective, n_trials=2)
-    assert sorted(seen) == [(32, 16), (64,)] and all(t.state.name == "COMPLETE" for t in study.trials)
-
-
 @pytest.mark.parametrize(("arch", "hidden", "ok"), [
     ("mlp", [64, 32], True), ("conv", 128, True), ("mlp", 64, False), ("conv", [128], False)])
 def test_hidden_is_a_list_for_mlp_and_one_width_for_conv(tmp_path: Path, arch: str, hidden: object, ok: bool) -> None:
@@ -176,63 +153,6 @@ def test_hidden_is_a_list_for_mlp_and_one_width_for_conv(tmp_path: Path, arch: s
         assert spec.with_params({}).model.hidden == (tuple(hidden) if isinstance(hidden, list) else hidden)
     else:
         assert "hidden: arch" in error_of(tmp_path, raw)
-
-
-PRUNER_NAMES = typing.get_args(SearchSpec.model_fields["pruner"].annotation)
-
-
-@pytest.mark.parametrize("pruner", PRUNER_NAMES)
-def test_every_pruner_name_builds_an_optuna_pruner(pruner: str) -> None:
-    import optuna
-
-    from vaebench import search
-
-    assert set(search.PRUNERS) == set(PRUNER_NAMES)
-    spec = StudySpec.model_validate(mutate(search={"pruner": pruner}))
-    assert isinstance(search.PRUNERS[pruner](spec), optuna.pruners.BasePruner)
-
-
-def pruning_study(pruner: str, finished: int, epochs: int) -> Callable[[list[float]], int | None]:
-    """A study with `pruner` and `finished` whole trials of flat curves 0, 1, ...; returns a
-    function that runs one more trial along a curve and says at which epoch it was pruned."""
-    import optuna
-
-    from vaebench import search
-
-    spec = StudySpec.model_validate(mutate(search={"pruner": pruner}))
-    study = optuna.create_study(direction="maximize", pruner=search.PRUNERS[pruner](spec))
-    for value in range(finished):
-        trial = study.ask()
-        for epoch in range(1, epochs + 1):
-            trial.report(float(value), epoch)
-        study.tell(trial, float(value))
-
-    def pruned_at(curve: list[float]) -> int | None:
-        trial = study.ask()
-        for epoch, value in enumerate(curve, 1):
-            trial.report(value, epoch)
-            if trial.should_prune():
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                return epoch
-        study.tell(trial, curve[-1])
-        return None
-
-    return pruned_at
-
-
-def test_the_percentile_pruner_waits_for_epoch_3_and_keeps_the_best_quarter() -> None:
-    pruned_at = pruning_study("percentile", finished=8, epochs=3)  # finished: 0, 1, ..., 7
-    assert pruned_at([-1.0, -1.0, -1.0]) == 3  # the worst, but judged only from epoch 3
-    assert pruned_at([4.5, 4.5, 4.5]) == 3  # above the median, below the best quarter
-    assert pruned_at([6.0, 6.0, 6.0]) is None
-
-
-def test_the_staged_pruner_keeps_the_better_half_from_epoch_1_and_the_best_third_from_epoch_5() -> None:
-    pruned_at = pruning_study("staged", finished=9, epochs=6)  # median 4, best third above 5.33
-    assert pruned_at([3.5] * 6) == 1  # below the median: stopped at once
-    assert pruned_at([5.0] * 6) == 5  # above the median, outside the best third: stopped at epoch 5
-    assert pruned_at([4.5, 4.5, 4.5, 4.5, 6.0, 6.0]) is None  # outside the best third only until epoch 4
-    assert pruned_at([6.0] * 6) is None
 
 
 def test_a_mapping_choice_is_checked_against_its_objective(tmp_path: Path) -> None:

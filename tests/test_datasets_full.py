@@ -23,7 +23,7 @@ import torch
 import torchvision.datasets
 import yaml
 
-from conftest import vaebench
+from helpers import vaebench
 from vaebench import data
 from vaebench.errors import InputError
 from vaebench.models.likelihoods import LIKELIHOODS
@@ -332,12 +332,12 @@ def test_discretized_logistic_scores_images_with_finite_gradients() -> None:
 def test_download_true_in_the_study_fetches_before_the_study_starts(tmp_path: Path, mirror: Path) -> None:
     """`dataset.download: true` (or `run --download`) reaches the check run before any store is
     opened; it is no trial parameter (workers with and without --download run the same trials)."""
-    from vaebench import cli, search
+    from vaebench import cli, trial
     from vaebench.config import StudySpec
 
     raw = {"name": "full", "dataset": {"name": "mnist", "download": True}, "search": {"space": {"seed": [0]}}}
     spec = StudySpec.model_validate(raw | {"search": {"sampler": "grid", "space": {"seed": [0]}}})
     assert "dataset.download" not in spec.with_params({"seed": 0}).flat()
-    search.check_data(spec, tmp_path / "full.yaml", str(tmp_path / "fresh"))
+    trial.check_data(spec, tmp_path / "full.yaml", str(tmp_path / "fresh"))
     assert sorted(p.name for p in (tmp_path / "fresh" / "MNIST" / "raw").iterdir()) == sorted(IDX_FILES)
     assert cli.build_parser().parse_args(["run", "--study", "full", "--download"]).download is True

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import vaebench
+from helpers import vaebench
 from vaebench import report
 
 T_975_DF2 = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom (statistical tables)

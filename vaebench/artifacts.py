@@ -1,13 +1,12 @@
 """What a trial leaves in its MLflow run besides metrics: pictures, its weights, the model.
 
-Every trial gets the cheap part (about 25 ms for the flagship MLP): image grids
-(reconstructions, prior samples), the KL of each latent dimension as a CSV, and its weights
-(`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly
-part, latent traversals, matplotlib charts (latent PCA, KL per dimension) and the MLflow
-model in its `pt2` (torch.export) format, costs about 0.35 s, 10% of a flagship trial:
-every trial gets it by default, so each child run shows its pictures and model in the
-MLflow UI; with `vaebench run --artifacts best` only the study's best trial gets it,
-rebuilt from its weights at the end of the run.
+Every trial gets the cheap part: image grids (reconstructions, prior samples), the KL of each
+latent dimension as a CSV, and its weights (`weights/state_dict.pt`, enough to rebuild the
+model from the run's params). The costly part (latent traversals, matplotlib charts of the
+latent PCA and KL per dimension, and the MLflow model in its `pt2` (torch.export) format)
+goes to every trial by default, so each child run shows its pictures and model in the MLflow
+UI; with `vaebench run --artifacts best` only the study's best trial gets it, rebuilt from its
+weights at the end of the run. benchmarks/README.md gives what each part costs.
 """
 from __future__ import annotations
 
@@ -15,13 +14,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from mlflow import MlflowClient
 
 from vaebench import data, figures, metrics, models
-from vaebench.tracking import TensorBoardRun, TrialRun
+from vaebench.tracking import MODEL_URI, TensorBoardRun, TrialRun
 
 WEIGHTS = "weights/state_dict.pt"
-MODEL_URI_TAG = "vaebench.model_uri"  # set once a run has the full set
 
 
 def log_trial(
@@ -51,8 +48,6 @@ def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment
     """The costly set: latent traversals, latent PCA and KL-per-dimension charts and the
     MLflow model, created in the study's experiment (not the process's active one).
     Returns the model's URI."""
-    import mlflow.pytorch
-
     x = ds.test.x
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -62,22 +57,19 @@ def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment
             run.log_artifact(figures.traversals(model, x[:1], folder / "traversals.png"))
             run.log_artifact(figures.kl_per_dim(metrics.kl_per_dim(model, x), folder / "kl_per_dim.png"))
     model.cpu().eval()  # exported on the CPU, with a CPU example, wherever it was trained
-    logged = run.client.create_logged_model(experiment_id, name="model", source_run_id=run.run_id)
-    info = mlflow.pytorch.log_model(
-        model, name="model", model_id=logged.model_id, run_id=run.run_id,
-        input_example=x[:2].cpu().numpy(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-    )
-    run.set_tags({MODEL_URI_TAG: info.model_uri})
-    return info.model_uri
+    uri = run.log_model(model, experiment_id, input_example=x[:2].cpu().numpy(),
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    run.set_tags({MODEL_URI: uri})
+    return uri
 
 
-def has_full(client: MlflowClient, run_id: str) -> bool:
-    return MODEL_URI_TAG in client.get_run(run_id).data.tags
+def has_full(run: TrialRun) -> bool:
+    return MODEL_URI in run.tags()
 
 
-def load_weights(client: MlflowClient, run_id: str, model: models.VAEModel) -> models.VAEModel:
+def load_weights(run: TrialRun, model: models.VAEModel) -> models.VAEModel:
     """Loads a trial's logged weights into `model` (built from the same config)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, WEIGHTS, tmp)
+        path = run.download(WEIGHTS, tmp)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()

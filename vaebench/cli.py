@@ -1,6 +1,6 @@
 """`python -m vaebench` / `vaebench`: run, list, leaderboard, report, ui.
 
-A thin shell over config, search, report. Heavy libraries (torch, MLflow, Optuna) are
+A thin shell over config, trial, search, report. Heavy libraries (torch, MLflow, Optuna) are
 imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
 stderr and exit code 2, with nothing written.
 """
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import checkpoint, report, search, tracking
+    from vaebench import checkpoint, report, search, stores, tracking, trial
     from vaebench.progress import ProgressBar
 
     if args.tensorboard and not tracking.tensorboard_available():
@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     search.check_storage(args.storage)
     tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
-    search.check_data(spec, path, args.data_dir)
+    trial.check_data(spec, path, args.data_dir)
     if args.threads:
         import torch
 
@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     ckpt_folder = search.checkpoint_folder(args.storage, spec.name, args.checkpoint_dir)
     if args.checkpoint_dir:
-        tracking.check_file_location(Path(args.checkpoint_dir) / "x", f"--checkpoint-dir {args.checkpoint_dir}")
+        stores.check_file_location(Path(args.checkpoint_dir) / "x", f"--checkpoint-dir {args.checkpoint_dir}")
     ckpt_options = checkpoint.Options(ckpt_folder, args.checkpoint_every, args.checkpoint_minutes, args.keep_checkpoints)
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
@@ -142,15 +142,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       artifacts_mode=args.artifacts, ckpt_options=ckpt_options)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
-              f"(Optuna storage {tracking.redact(args.storage)}, study '{spec.name}')")
-        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking.redact(tracking_uri)}"
+              f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}"
               f"  -> `mlflow ui` in this folder")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
             return 130 if result.interrupted else 1
         if result.failures:
-            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag vaebench.failure_reason in MLflow)",
+            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag {tracking.REASON} in MLflow)",
                   file=sys.stderr)
         try:
             folder = report.write_report(tracking_uri, spec.name, Path(args.results))
@@ -222,13 +222,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_name(study: str) -> str:
+    """The study a --study argument names: a YAML path means its `name:`, anything else is the name."""
+    if Path(study).suffix.lower() not in (".yaml", ".yml"):
+        return study
+    from vaebench.config import load_study
+
+    spec, _ = load_study(study)
+    return spec.name
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
     from vaebench.validate import safe_child
 
-    out = Path(args.out) if args.out else safe_child(Path("results"), args.study) / "leaderboard.csv"
+    name = study_name(args.study)
+    out = Path(args.out) if args.out else safe_child(Path("results"), name) / "leaderboard.csv"
     tracking.quiet()
-    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study, args.per_trial)
+    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), name, args.per_trial)
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
     return 0
@@ -237,8 +248,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
 
+    name = study_name(args.study)
     tracking.quiet()
-    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), args.study, Path(args.results))
+    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), name, Path(args.results))
     print(f"report: {folder / 'report.md'}")
     return 0
 

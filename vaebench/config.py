@@ -21,7 +21,7 @@ from vaebench.errors import InputError
 from vaebench.studyfile import StudyLoader, format_validation_error
 from vaebench.validate import SettingError, shown
 
-STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent / "studies")  # ./studies, then the shipped ones
 
 Scalar = bool | int | float | str
 # A list is one choice (hidden widths [512, 256]); a mapping sets several keys of a section

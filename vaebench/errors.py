@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a single line and exit code 2."""
+"""vaebench's exceptions: bad input (the CLI prints one line, exit code 2) and divergence."""
 
 
 class InputError(Exception):

@@ -406,7 +406,7 @@ def _optuna_pair(stem: str, plot: Callable[[object], object], folder: Path, inte
             plt.close(ax.figure)
     written = [png]
     try:
-        plot(optuna.visualization).write_html(html, include_plotlyjs="cdn")  # ~10 kB, not 4.8 MB: reports are committed
+        plot(optuna.visualization).write_html(html, include_plotlyjs="cdn")  # kilobytes, not megabytes: reports are committed
         written.append(html)
     except ImportError as err:
         warnings.warn(f"{html.name} not written: {err}", stacklevel=3)
@@ -416,8 +416,9 @@ def _optuna_pair(stem: str, plot: Callable[[object], object], folder: Path, inte
 def optuna_figures(study: optuna.Study, folder: Path, objective_name: str | None = None) -> list[Path]:
     """A study at a glance: optimization history and parameter importances, as PNG and HTML.
 
-    PNGs come from optuna.visualization.matplotlib, HTML (interactive, self-contained, about
-    5 MB each since plotly.js is inlined) from optuna.visualization. Importances are skipped
+    PNGs come from optuna.visualization.matplotlib, HTML (interactive) from
+    optuna.visualization; the HTML loads plotly.js from its CDN, so it stays small but needs
+    the network to display. Importances are skipped
     unless at least 2 trials completed and some parameter took more than one value. A
     multi-objective study is plotted for its first objective. `objective_name` (e.g.
     "val_elbo") labels the value axis, else the study's metric name. Returns the paths written.

@@ -26,6 +26,7 @@ from vaebench import significance
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
+from vaebench.stores import redact
 
 TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
 CONFIG_ID_COLUMNS = ["rank", "config", "n_seeds", "seeds", "trials"]
@@ -102,7 +103,7 @@ def load_record(tracking_uri: str, study: str) -> StudyRecord:
             "state": tags.get(tk.STATE, run.info.status),
             **{f"param.{k}": v for k, v in run.data.params.items()},
             **run.data.metrics,
-            **{f"tag.{k}": v for k, v in tags.items() if k.startswith("vaebench.")},
+            **{f"tag.{k}": v for k, v in tags.items() if k.startswith(tk.PREFIX)},
         })
     trials = pd.DataFrame(rows)
     if not trials.empty:
@@ -263,16 +264,16 @@ def parse_markdown_table(text: str) -> pd.DataFrame:
 
 def _versions(record: StudyRecord) -> list[str]:
     done = record.finished
-    def tag_values(name: str) -> str:
-        col = f"tag.vaebench.{name}"
+    def tag_values(tag: str) -> str:
+        col = f"tag.{tag}"
         return ", ".join(sorted(done[col].dropna().unique())) if col in done else "unknown"
     return [
-        f"- vaebench {tag_values('version')}, torch {tag_values('torch_version')}, "
-        f"mlflow {tag_values('mlflow_version')}, optuna {tag_values('optuna_version')}, "
-        f"python {tag_values('python_version')}",
-        f"- device: {tag_values('device')}; host: {tag_values('host')}",
-        f"- dataset fingerprint: {tag_values('dataset_fingerprint')}",
-        f"- tracking store: `{tk.redact(record.tracking_uri)}`, parent run `{record.parent.info.run_id}`",
+        f"- vaebench {tag_values(tk.VERSION)}, torch {tag_values(tk.TORCH_VERSION)}, "
+        f"mlflow {tag_values(tk.MLFLOW_VERSION)}, optuna {tag_values(tk.OPTUNA_VERSION)}, "
+        f"python {tag_values(tk.PYTHON_VERSION)}",
+        f"- device: {tag_values(tk.DEVICE)}; host: {tag_values(tk.HOST)}",
+        f"- dataset fingerprint: {tag_values(tk.DATASET_FINGERPRINT)}",
+        f"- tracking store: `{redact(record.tracking_uri)}`, parent run `{record.parent.info.run_id}`",
     ]
 
 
@@ -389,11 +390,11 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     pictures = _figures(record, board, folder / "figures")
     params = record.parent.data.params
     metrics = table_metrics(board, record.objective)
-    study_file = record.parent.data.tags.get("vaebench.study_file", f"{record.study}")
+    study_file = record.parent.data.tags.get(tk.STUDY_FILE, f"{record.study}")
     lines = [
         f"# {record.study}",
         "",
-        f"> {record.parent.data.tags.get('mlflow.note.content', '').strip() or 'No description.'}",
+        f"> {record.parent.data.tags.get(tk.NOTE, '').strip() or 'No description.'}",
         "",
         "## Settings",
         "",

@@ -1,5 +1,8 @@
 """MLflow: one experiment per study, one parent run per study, one child run per trial.
 
+The only module that writes to MLflow: it owns every tag name and the one map from a
+vaebench state to MLflow's run status; search, artifacts and report go through it.
+
 Everything goes through MlflowClient with explicit run ids: MLflow's fluent active-run
 stack is per thread, so `nested=True` alone breaks under threads and worker processes. A
 child run is linked to its parent by the `mlflow.parentRunId` tag, which is exactly what
@@ -10,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,19 +23,43 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from vaebench.errors import InputError
+from vaebench.stores import check_store_url, redact, short_reason
 
-# Tag names: the report reads only these (and params/metrics) back.
+# Tag names: every tag vaebench writes; the report reads only these (and params/metrics) back.
+PREFIX = "vaebench."  # the report copies every tag under it into its trial table
 STUDY = "vaebench.study"
 ROLE = "vaebench.role"  # "study" on the parent, "trial" on children
 TRIAL = "vaebench.trial_number"
-STATE = "vaebench.state"  # COMPLETE / PRUNED / FAIL / INTERRUPTED
+STATE = "vaebench.state"  # a key of STATUS
 REASON = "vaebench.failure_reason"
 OBJECTIVE = "vaebench.objective"
 DIRECTION = "vaebench.direction"
+SAMPLER = "vaebench.sampler"
+STUDY_FILE = "vaebench.study_file"
+MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
+# on every child run: where and with what it ran
+VERSION = "vaebench.version"
+TORCH_VERSION = "vaebench.torch_version"
+MLFLOW_VERSION = "vaebench.mlflow_version"
+OPTUNA_VERSION = "vaebench.optuna_version"
+PYTHON_VERSION = "vaebench.python_version"
+HOST = "vaebench.host"
+DEVICE = "vaebench.device"
+SEED = "vaebench.seed"
+DATASET_FINGERPRINT = "vaebench.dataset_fingerprint"
+OPTUNA_TRIAL_ID = "vaebench.optuna_trial_id"
+RESUMED_AT_EPOCH = "vaebench.resumed_at_epoch"  # a trial that went on from a checkpoint: its first epoch
+# MLflow's own tags
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # the description the MLflow UI shows
 
-# How a trial's end maps onto MLflow's run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# The one map from a vaebench state (the STATE tag; a trial's state is its Optuna TrialState
+# name) to MLflow's run status. A parent run ends COMPLETE, INTERRUPTED or INCOMPLETE (trials
+# failed; running the study again retries them).
+STATUS = {
+    "RUNNING": "RUNNING", "COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED",
+    "INCOMPLETE": "FAILED", "INTERRUPTED": "KILLED",
+}
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 _MAX_METRICS = 1000  # and of metrics
 FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are written
@@ -46,11 +72,6 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def redact(url: str) -> str:
-    """A store URL fit to print: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`."""
-    return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", url)
-
-
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's own default (./mlflow.db)."""
     import mlflow
@@ -58,79 +79,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.get_tracking_uri()
-
-
-def short_reason(exc: BaseException) -> str:
-    """One line for an error message: the OS reason (`[Errno 111] Connection refused`) when the
-    exception wraps one, else its first line."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
-    line = errno.group(0) if errno else (text.strip().splitlines() or [type(exc).__name__])[0]
-    return line[:300]
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a `sqlite:///...` URL (relative to the current folder); None for anything else."""
-    if not url.lower().startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def check_store_url(url: str, what: str) -> None:
-    """Refuse, before anything is written, a database URL that cannot work: an SQLite file in a
-    folder that does not exist (or that is not an SQLite file), or a server that does not answer.
-    `what` names the flag in the message."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InputError(f"{what}: not a database URL ({short_reason(exc)})") from None
-    path = sqlite_path(url)
-    if parsed.get_backend_name() == "sqlite":
-        if path is not None:
-            _check_sqlite_file(path, what)
-        return
-    import sqlalchemy
-
-    timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
-    engine = None
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=timeout)
-        with engine.connect():
-            pass
-    except Exception as exc:  # noqa: BLE001 - missing driver, refused, bad credentials: all bad input
-        raise InputError(f"{what}: cannot connect ({short_reason(exc)})") from None
-    finally:
-        if engine is not None:
-            engine.dispose()
-
-
-def check_file_location(path: Path, what: str) -> None:
-    """A store file can be created or opened at `path`: its folder exists and is writable, and
-    nothing but a file is there already."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{what}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what}: folder {folder} is not writable")
-    if path.exists() and not path.is_file():
-        raise InputError(f"{what}: {path} is not a file")
-
-
-def _check_sqlite_file(path: Path, what: str) -> None:
-    check_file_location(path, what)
-    if path.exists():
-        with path.open("rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise InputError(f"{what}: {path} is not an SQLite database")
 
 
 def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
@@ -170,8 +118,8 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0, buffered: bool = False) -> None:
         """Logs in one batched call. `buffered` (per-epoch metrics) holds them until `flush_s`
         has passed since the last write, then writes all held epochs, steps and times kept,
-        in one call: a write costs ~6 ms on SQLite, so one per epoch would be 3% of a
-        flagship trial on its own. `finish` (and an unbuffered call) writes what is held."""
+        in one call: each write is a database transaction, costly beside a short epoch.
+        `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
         self.buffer += [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
         if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
@@ -197,7 +145,30 @@ class TrialRun:
         self.flush()
         tags = {STATE: state} | ({REASON: reason[:4000]} if reason else {})
         self.set_tags(tags)
-        self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
+        self.client.set_terminated(self.run_id, status=STATUS[state])
+
+    def status(self) -> str:
+        """MLflow's status of the run: RUNNING, FINISHED, FAILED or KILLED."""
+        return self.client.get_run(self.run_id).info.status
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.tags
+
+    def download(self, path: str, folder: str) -> str:
+        """The run's artifact `path`, copied into `folder`; returns the local file."""
+        return self.client.download_artifacts(self.run_id, path, folder)
+
+    def log_model(self, model: Any, experiment_id: str, input_example: Any, pip_requirements: list[str]) -> str:
+        """`model` as an MLflow model of this run, created in `experiment_id` (the study's, not
+        the process's active experiment); returns its URI."""
+        import mlflow.pytorch
+
+        logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id)
+        info = mlflow.pytorch.log_model(
+            model, name="model", model_id=logged.model_id, run_id=self.run_id,
+            input_example=input_example, pip_requirements=pip_requirements,
+        )
+        return info.model_uri
 
 
 @dataclass
@@ -224,6 +195,17 @@ class StudyTracker:
             client.restore_experiment(experiment.experiment_id)
         return cls(client, experiment.experiment_id, study)
 
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    def run(self, run_id: str) -> TrialRun:
+        """A run of this store by id (a trial's child run or the study's parent run)."""
+        return TrialRun(self.client, run_id)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
     def has_run(self, run_id: str | None) -> bool:
         if not run_id:
             return False
@@ -233,6 +215,7 @@ class StudyTracker:
             return False
 
     def create_parent(self, tags: dict[str, Any], params: dict[str, Any]) -> str:
+        """The study's parent run, with `tags` (names from this module) and `params`."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.study,
@@ -262,12 +245,11 @@ class StudyTracker:
             TrialRun(self.client, run_id).set_tags({STATE: "RUNNING"})
 
     def end_parent(self, run_id: str, state: str, summary: dict[str, float]) -> None:
-        """COMPLETE -> FINISHED, INTERRUPTED -> KILLED, INCOMPLETE (trials failed) -> FAILED."""
-        status = {"COMPLETE": "FINISHED", "INTERRUPTED": "KILLED", "INCOMPLETE": "FAILED"}[state]
+        """COMPLETE, INTERRUPTED or INCOMPLETE (trials failed), with the study's summary metrics."""
         parent = TrialRun(self.client, run_id)
         parent.log_metrics(summary)
         parent.set_tags({STATE: state})
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=STATUS[state])
 
     def running_children(self, parent_id: str) -> list[Any]:
         """Child runs of `parent_id` still marked RUNNING (live trials, or orphans of dead workers)."""
@@ -285,7 +267,6 @@ class StudyTracker:
             | {k: str(v) for k, v in tags.items()},
         )
         return TrialRun(self.client, run.info.run_id)
-
 
     def resume_trial(self, run_id: str, number: int, tags: dict[str, Any]) -> TrialRun | None:
         """The child run `run_id` RUNNING again for trial `number`, which continues it from a
