@@ -131,3 +131,64 @@ def test_a_plain_safetensors_file_without_our_metadata_is_refused(tmp_path: Path
     save_file({"w": torch.zeros(2)}, str(tmp_path / "trial-abc.safetensors"))
     with pytest.raises(InputError, match="no vaebench-checkpoint metadata"):
         checkpoint.TrialCheckpoint(tmp_path, "abc").load()
+
+
+# -- a study killed mid-trial goes on from the trial's checkpoint -----------------------------
+
+TIMING = {"train_samples_per_s", "eval_samples_per_s", "train_seconds"}
+
+
+def final_metrics(folder: Path, study: str) -> tuple[Any, dict[str, float]]:
+    from helpers import mlflow_runs
+
+    (child,) = mlflow_runs(folder, study)[1]
+    return child, {k: v for k, v in child.data.metrics.items() if k not in TIMING}
+
+
+@pytest.mark.slow  # worker processes
+def test_kill_9_mid_trial_resumes_from_its_checkpoint_with_the_same_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    from mlflow import MlflowClient
+
+    from helpers import run_cli, spawn, sql_rows, wait_until, write_study
+
+    every_epoch = ("--checkpoint-min-seconds", "0")
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    for folder in (reference, killed):
+        folder.mkdir()
+        write_study(folder, "long", {"seed": [0]}, epochs=30, batch_size=16)
+    monkeypatch.chdir(reference)
+    code, _, err = run_cli(reference, "long.yaml", *every_epoch)
+    assert code == 0, err
+
+    def checkpointed_epoch() -> int:
+        rows = sql_rows(killed / "optuna.db", "select value_json from trial_user_attributes "
+                                              "where key = 'vaebench.checkpoint_epoch'")
+        return max((int(r[0]) for r in rows), default=0)
+
+    worker = spawn(killed, "run", "--study", "long.yaml", "--no-progress", "--threads", "1", *every_epoch)
+    wait_until(worker, lambda: checkpointed_epoch() >= 4)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    at_kill = checkpointed_epoch()
+    assert 4 <= at_kill < 31  # killed mid-trial, after some checkpoints
+    (saved,) = (killed / "checkpoints" / "long").iterdir()
+
+    monkeypatch.chdir(killed)
+    code, out, err = run_cli(killed, "long.yaml", *every_epoch)
+    assert code == 0, err
+    assert "1/1 trials finished, 1 re-queued after their worker died" in out
+    expected_run, expected = final_metrics(reference, "long")
+    run, got = final_metrics(killed, "long")
+    assert got == expected  # every final metric, bit for bit
+    # the same child run went on where the last checkpoint was (a save may beat its record by one)
+    assert run.info.status == "FINISHED" and int(run.data.tags["vaebench.resumed_at_epoch"]) in (at_kill, at_kill + 1)
+    client = MlflowClient(f"sqlite:///{killed / 'mlflow.db'}")
+    reference_client = MlflowClient(f"sqlite:///{reference / 'mlflow.db'}")
+    for key in ("val_elbo", "train_loss"):  # the same run holds every epoch, with the same values
+        curve = {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+        assert curve == {m.step: m.value for m in reference_client.get_metric_history(expected_run.info.run_id, key)}
+    assert not saved.exists()  # a finished trial's checkpoint is removed

@@ -20,7 +20,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import SafetensorError
@@ -39,7 +39,8 @@ class Options:
 
     folder: Path
     every_epochs: int = 1
-    every_minutes: float | None = None
+    every_minutes: float | None = None  # also inside an epoch, this long after the last one
+    min_seconds: float = 30.0  # no epoch-end checkpoint sooner than this after the last one
     keep: bool = False  # keep the checkpoints of finished trials
 
 
@@ -86,6 +87,9 @@ def save(path: Path, state: dict[str, Any], trial_identity: str, info: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from workers run by other users
     try:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:
@@ -131,10 +135,12 @@ def load(path: Path, trial_identity: str) -> dict[str, Any]:
 class TrialCheckpoint:
     """The checkpoint file of one trial: where it is, whether there is one, save and remove."""
 
-    def __init__(self, folder: Path, trial_identity: str, info: dict[str, str] | None = None) -> None:
+    def __init__(self, folder: Path, trial_identity: str, info: dict[str, str] | None = None,
+                 after_save: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.identity = trial_identity
         self.path = folder / f"trial-{trial_identity}{SUFFIX}"
         self.info = dict(info or {})
+        self.after_save = after_save  # told of every state saved (the search records the epoch)
 
     def exists(self) -> bool:
         return self.path.is_file()
@@ -149,6 +155,8 @@ class TrialCheckpoint:
 
     def save(self, state: dict[str, Any]) -> None:
         save(self.path, state, self.identity, self.info)
+        if self.after_save is not None:
+            self.after_save(state)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "checkpoints/ beside a local Optuna storage file, else ./checkpoints)")
     run.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
                      help="checkpoint every N epochs (default 1)")
+    run.add_argument("--checkpoint-min-seconds", type=float, default=30.0, metavar="S",
+                     help="skip an epoch's checkpoint when the last one is less than S seconds old "
+                          "(default 30: short epochs are cheaper to redo than to save; 0: every N-th epoch)")
     run.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
                      help="also checkpoint inside an epoch once M minutes passed since the last one")
     run.add_argument("--keep-checkpoints", action="store_true",
@@ -108,6 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
     if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
         raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
+    if not 0 <= args.checkpoint_min_seconds < float("inf"):
+        raise InputError(f"--checkpoint-min-seconds {args.checkpoint_min_seconds}: must be 0 or more")
     check_devices(spec, path, args.device)
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
@@ -131,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     ckpt_folder = search.checkpoint_folder(args.storage, spec.name, args.checkpoint_dir)
     if args.checkpoint_dir:
         stores.check_file_location(Path(args.checkpoint_dir) / "x", f"--checkpoint-dir {args.checkpoint_dir}")
-    ckpt_options = checkpoint.Options(ckpt_folder, args.checkpoint_every, args.checkpoint_minutes, args.keep_checkpoints)
+    ckpt_options = checkpoint.Options(ckpt_folder, args.checkpoint_every, args.checkpoint_minutes,
+                                      args.checkpoint_min_seconds, args.keep_checkpoints)
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
     with _graceful_sigint(stop):

@@ -95,14 +95,16 @@ class Checkpointing:
     business (vaebench.checkpoint writes them atomically).
 
     `save` gets the whole training state (see `fit`) at the end of every `every_epochs`-th
-    epoch and, when `every_seconds` is set, inside an epoch once that much time has passed
-    since the last save. `resume` is such a state to continue from.
+    epoch, unless the last save was less than `min_seconds` ago (short epochs are cheaper to
+    redo than to save), and, when `every_seconds` is set, inside an epoch once that much time
+    has passed since the last save. `resume` is such a state to continue from.
     """
 
     save: Callable[[dict[str, Any]], None]
     resume: dict[str, Any] | None = None
     every_epochs: int = 1
     every_seconds: float | None = None
+    min_seconds: float = 0.0
 
 
 def fit(
@@ -226,7 +228,8 @@ def fit(
             if checkpointing:
                 checkpointing.save(state(epoch + 1, 0, None, []))
             raise
-        if checkpointing and (epoch % checkpointing.every_epochs == 0 or epoch == epochs):
+        if (checkpointing and (epoch % checkpointing.every_epochs == 0 or epoch == epochs)
+                and time.monotonic() - last_save >= checkpointing.min_seconds):
             checkpointing.save(state(epoch + 1, 0, None, []))  # the last one lets a resume skip to evaluation
             last_save = time.monotonic()
     model.eval()

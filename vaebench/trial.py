@@ -121,7 +121,7 @@ def train_and_evaluate(
             ckpt.save(state)
 
         checkpointing = train.Checkpointing(
-            save, resume=resume, every_epochs=options.every_epochs,
+            save, resume=resume, every_epochs=options.every_epochs, min_seconds=options.min_seconds,
             every_seconds=None if options.every_minutes is None else 60 * options.every_minutes)
     history = train.fit(
         model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,

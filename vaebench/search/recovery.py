@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from vaebench.search import internals
-from vaebench.search.attrs import INTERRUPTED, REASON_ATTR, REQUEUED_ATTR, WORKER_ATTR
+from vaebench.search.attrs import CHECKPOINT_ATTR, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, WORKER_ATTR
 from vaebench.search.storage import GRACE_S, MAX_RETRY
 from vaebench.tracking import TRIAL, StudyTracker
 
@@ -79,11 +79,18 @@ class Process:
 def requeue(study: optuna.Study, trial: FrozenTrial, *, retry: bool) -> bool:
     """Queue a WAITING copy of `trial`: same values, same grid point, run by the next worker.
 
-    A retry after a dead worker counts in Optuna's own retry history (as
+    A retry after a dead worker (that had made no progress, see `made_progress`) counts in Optuna's own retry history (as
     RetryHeartbeatStaleTrialCallback keeps it) and happens at most MAX_RETRY times; a re-run
     after Ctrl-C does not count. Returns whether a copy was queued.
     """
     return internals.queue_copy(study, trial, {REQUEUED_ATTR: trial.number}, max_retry=MAX_RETRY if retry else None)
+
+
+def made_progress(trial: FrozenTrial) -> bool:
+    """A trial that checkpointed past the epoch it started from: a worker killed again and
+    again (spot instances, wall-clock limits) still gets its long trial done, one stretch at a
+    time, while a trial that kills its worker before any progress is retried only MAX_RETRY times."""
+    return int(trial.user_attrs.get(CHECKPOINT_ATTR, 0)) > int(trial.user_attrs.get(RESUMED_ATTR, 1))
 
 
 def fail(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
@@ -112,7 +119,7 @@ def sweep(study: optuna.Study, heartbeat: bool) -> list[int]:
             reason = f"worker died ({worker})"
         else:
             continue
-        if fail(study, trial, reason) and requeue(study, trial, retry=True):
+        if fail(study, trial, reason) and requeue(study, trial, retry=not made_progress(trial)):
             retried.append(trial.number)
     return retried
 

@@ -27,7 +27,7 @@ from vaebench import trial as pipeline
 from vaebench.config import StudySpec
 from vaebench.errors import DivergenceError
 from vaebench.search import internals, recovery
-from vaebench.search.attrs import DONE, INTERRUPTED, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
+from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
 from vaebench.search.space import GridSampler, suggest
 from vaebench.tracking import StudyTracker, TensorBoardRun, TrialRun
 
@@ -246,6 +246,9 @@ class Worker:
             run.log_params(cfg.flat())
         if ckpt is not None:
             ckpt.info = {"run_id": run.run_id, "study": spec.name}
+            ckpt.after_save = lambda state: trial.set_user_attr(CHECKPOINT_ATTR, int(state["epoch"]))
+            if resume is not None:
+                trial.set_user_attr(RESUMED_ATTR, int(resume["epoch"]))
         assert self.current is not None
         self.current.run = run
         trial.set_user_attr(RUN_ATTR, run.run_id)
