@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from helpers import REPO, mlflow_runs, run_cli, seeded, spawn, write_study
-from vaebench import cli, data
+from vaebench import cli, data, interrupt
 from vaebench.config import load_study
 from vaebench.errors import InputError
 
@@ -202,7 +202,7 @@ def test_first_ctrl_c_asks_to_stop_the_second_stops_now() -> None:
     previous = signal.getsignal(signal.SIGINT)
     stop = threading.Event()
     err = io.StringIO()
-    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stderr(err), cli._graceful_sigint(stop):
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stderr(err), interrupt.graceful_sigint(stop):
         signal.raise_signal(signal.SIGINT)
         assert stop.is_set()  # the first one only asked
         signal.raise_signal(signal.SIGINT)

@@ -8,6 +8,8 @@ Ctrl-C, dead workers and workers side by side (worker, recovery).
     space      samplers and pruners (registries), sampling one trial's values
     storage    opening a journal file or database; the lock for creating local stores;
                where running trials keep their checkpoints
+    consistency  the Optuna storage and the MLflow store agree on a study before a run or
+               a report (one of them deleted or emptied is refused, saying what to do)
     recovery   dead workers: fail their trials, queue them again, close their runs
     worker     the loop of one `vaebench run` process
     study      the study, its experiment and parent run, then the loop (run_study)
@@ -15,6 +17,7 @@ Ctrl-C, dead workers and workers side by side (worker, recovery).
     internals  every use of Optuna's private names, each with its reason
 """
 from vaebench.search.attrs import PARENT_ATTR, REASON_ATTR, RUN_ATTR, WORKER_ATTR
+from vaebench.search.consistency import check_before_run, check_tracked, start_fresh
 from vaebench.search.recovery import Process, requeue
 from vaebench.search.space import PRUNERS, SAMPLERS, AnyPruner, GridSampler, create_study, suggest
 from vaebench.search.storage import check_storage, checkpoint_folder, heartbeat_enabled, journal_path, open_storage, setup_lock
@@ -23,6 +26,7 @@ from vaebench.search.worker import Progress, StudyRun, Worker, Withdrawn
 
 __all__ = [
     "PARENT_ATTR", "PRUNERS", "REASON_ATTR", "RUN_ATTR", "SAMPLERS", "WORKER_ATTR", "AnyPruner", "GridSampler",
+    "check_before_run", "check_tracked", "start_fresh",
     "Process", "Progress", "StudyRun", "Withdrawn", "Worker", "check_storage", "checkpoint_folder", "create_study",
     "heartbeat_enabled", "journal_path", "open_storage", "parent_run", "requeue", "run_study", "setup_lock",
     "suggest",

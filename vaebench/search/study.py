@@ -11,6 +11,7 @@ from vaebench import checkpoint
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
 from vaebench.search.attrs import PARENT_ATTR
+from vaebench.search.consistency import check_before_run, start_fresh
 from vaebench.search.space import create_study
 from vaebench.search.storage import checkpoint_folder, heartbeat_enabled, open_storage, setup_lock
 from vaebench.search.worker import Progress, StudyRun, Worker
@@ -51,14 +52,16 @@ def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
-    ckpt_options: checkpoint.Options | None = None,
+    ckpt_options: checkpoint.Options | None = None, fresh: bool = False,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
-    its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
-    "best" only the best trial. `stop`, once set (the CLI's first Ctrl-C), ends the running
+    its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the
+    costly artifacts (see vaebench.artifacts), "best" only the best trial. `fresh` starts the
+    study over (see consistency.start_fresh); without it, stores that disagree about the study
+    are refused (consistency). `stop`, once set (the CLI's first Ctrl-C), ends the running
     trial after its epoch as if interrupted, and starts no other; the result then has
     `interrupted` set.
     """
@@ -66,6 +69,10 @@ def run_study(
     tk.resolve_tracking_uri(tracking_uri)  # log_model uses the global URI: keep it the study's
     total = n_trials or spec.search.total_trials
     with setup_lock(storage_url, tracking_uri):
+        if fresh:
+            start_fresh(storage_url, spec.name)
+        else:
+            check_before_run(spec.name, storage_url, tracking_uri)
         storage = open_storage(storage_url)
         study = create_study(spec, storage)
         tracker = StudyTracker.open(tracking_uri, spec.name)
