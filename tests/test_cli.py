@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -52,10 +53,51 @@ def assert_refused(folder: Path, flags: list[str], expected: str, study: str = "
     (["--tracking-uri", "sqlite:///no/such/folder/mlflow.db"], "--tracking-uri sqlite:///no/such/folder/mlflow.db"),
     (["--trials", "5"], "--trials 5: the grid of tiny.yaml has only 2 points"),
     (["--threads", "0"], "--threads 0: must be at least 1"),
+    (["--tracking-uri", "bogus://x"], "--tracking-uri bogus://x: "),
+    (["--tracking-uri", "file:///tmp/vaebench-mlr"], "--tracking-uri file:///tmp/vaebench-mlr: The filesystem"),
+    (["--tracking-uri", "./mlr"], "--tracking-uri ./mlr: The filesystem"),
+    (["--storage", "sqlite:///same.db", "--tracking-uri", "sqlite:///same.db"], "the same file as the MLflow"),
+    (["--results", "tiny.yaml"], "--results tiny.yaml: not a folder"),
+    (["--results", "tiny.yaml/reports"], "--results tiny.yaml/reports: tiny.yaml is a file, not a folder"),
 ])
 def test_unusable_stores_and_flags_exit_2_writing_nothing(folder: Path, flags: list[str], expected: str) -> None:
     write_study(folder, "tiny", {"seed": [0, 1]})
     assert_refused(folder, flags, expected)
+
+
+def test_one_programs_database_given_as_the_others_is_refused(folder: Path, mlflow_template: Path) -> None:
+    write_study(folder, "tiny", {"seed": [0, 1]})
+    seeded(folder, mlflow_template)
+    assert_refused(folder, ["--storage", "sqlite:///mlflow.db"], "mlflow.db is not Optuna's database (it holds MLflow's tables)")
+    (folder / "optuna.db").write_bytes((folder / "mlflow.db").read_bytes())
+    (folder / "mlflow.db").unlink()
+    with contextlib.closing(sqlite3.connect(folder / "optuna.db")) as conn, conn:
+        conn.execute("drop table experiments")
+        conn.execute("create table studies (study_id integer)")
+    assert_refused(folder, ["--storage", "sqlite:///x.db", "--tracking-uri", "sqlite:///optuna.db"],
+                   "optuna.db is not MLflow's database (it holds Optuna's tables)")
+
+
+@pytest.mark.parametrize("text", [b"hello\n", b'{"op_code": 0, "worker_id": "w", "study_name": "s"}\n[1]\n', b"{}\n"])
+def test_a_journal_that_is_not_optunas_is_refused(folder: Path, text: bytes) -> None:
+    write_study(folder, "tiny", {"seed": [0, 1]})
+    (folder / "tiny.journal").write_bytes(text)
+    line = len(text.splitlines())
+    assert_refused(folder, ["--storage", "tiny.journal"], f"line {line} of tiny.journal is not an Optuna journal record")
+
+
+@pytest.mark.parametrize("command", ["report", "leaderboard"])
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_reading_a_damaged_mlflow_store_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path, command: str, damage: str
+) -> None:
+    seeded(tmp_path, mlflow_template)
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("tiny")
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"garbage\n" * 10 if damage == "text" else db.read_bytes()[: 3 * 4096])
+    line = refused(tmp_path, monkeypatch, command, "--study", "tiny", "--tracking-uri", f"sqlite:///{db}")
+    assert line.startswith(f"vaebench: error: --tracking-uri sqlite:///{db}: ") or line.startswith(
+        f"vaebench: error: tracking URI sqlite:///{db}: cannot read"), line
 
 
 def test_a_file_that_is_not_a_database_is_refused(folder: Path) -> None:

@@ -12,6 +12,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from helpers import mlflow_runs, worker_on_journal
 from vaebench import search
+from vaebench.search import closing
 from vaebench.search.worker import _Current
 
 

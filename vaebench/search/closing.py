@@ -26,6 +26,17 @@ if TYPE_CHECKING:
 STORE_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, MlflowException, optuna.exceptions.StorageInternalError)
 
 
+def store_error(exc: BaseException) -> BaseException | None:
+    """The store's error behind `exc`, if any: Optuna, when it cannot record a trial's end,
+    raises an AssertionError of its own while handling the store's error (its __context__)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, STORE_ERRORS):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def stored(worker: Worker, number: int) -> FrozenTrial:
     """Trial `number` as stored now."""
     return next(t for t in worker.study.get_trials(deepcopy=False) if t.number == number)

@@ -108,9 +108,12 @@ class Worker:
                 interrupted = True
                 interrupt.begin_closing()
                 closing.close_interrupted(self)
-            except closing.STORE_ERRORS as exc:
+            except Exception as exc:
+                cause = closing.store_error(exc)
+                if cause is None:
+                    raise
                 interrupt.begin_closing()
-                raise closing.close_after_store_failure(self, exc) from exc
+                raise closing.close_after_store_failure(self, cause) from exc
             interrupt.begin_closing()
             trials = self.study.get_trials(deepcopy=False)
             done = sum(t.state in DONE for t in trials)
