@@ -100,6 +100,25 @@ def test_reading_a_damaged_mlflow_store_is_one_line(
         f"vaebench: error: tracking URI sqlite:///{db}: cannot read"), line
 
 
+def test_a_report_that_cannot_be_written_after_training_keeps_the_trials(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaebench import report
+
+    def full(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    seeded(folder, mlflow_template)
+    monkeypatch.setattr(report, "write_report", full)
+    code, out, err = run_cli(folder, write_study(folder, "tiny", {"seed": [0, 1]}))
+    assert code == 1 and "study tiny: 2/2 trials finished" in out, err
+    assert err.splitlines() == ["vaebench: no report: --results results: [Errno 28] No space left on device; the trials "
+                                f"are kept: `python -m vaebench report --study {folder / 'tiny.yaml'} --results results` "
+                                "writes it"]
+    _, children = mlflow_runs(folder, "tiny")
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+
+
 def test_a_file_that_is_not_a_database_is_refused(folder: Path) -> None:
     write_study(folder, "tiny", {"seed": [0, 1]})
     (folder / "optuna.db").write_text("not a database\n")

@@ -221,6 +221,26 @@ def test_a_store_that_fails_mid_study_closes_the_runs_in_one_line(
     assert "RUNNING" not in [c.info.status for c in children]
 
 
+def test_a_store_that_cannot_be_written_as_the_study_opens_is_one_line(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run while the disk is still full: the parent run cannot be reopened."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    def reopen(tracker: StudyTracker, run_id: str) -> None:
+        raise OperationalError("UPDATE runs", {}, sqlite3.OperationalError("database or disk is full"))
+
+    seeded(folder, mlflow_template)
+    monkeypatch.setattr(StudyTracker, "reopen", reopen)
+    code, out, err = run_cli(folder, write_study(folder, "still", {"seed": [0, 1]}))
+    assert (code, out) == (1, ""), err
+    assert err.splitlines() == ["vaebench: error: cannot write to the stores (OperationalError: (sqlite3.OperationalError) "
+                                "database or disk is full); free the space or bring the store back, then run the same "
+                                "command again to resume"]
+
+
 # -- worker processes -------------------------------------------------------------------
 
 

@@ -11,11 +11,14 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from vaebench import interrupt
 from vaebench.errors import InputError, StoreFailure
 from vaebench.stores import short_reason
+from vaebench.outcome import failure_summary, where_reasons
 from vaebench.runchecks import check_devices, check_distinct_stores, check_flags, check_results
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -138,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
     with interrupt.graceful_sigint(stop):
-        with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
+        with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar, _store_failures():
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
@@ -177,30 +180,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def where_reasons(failures: dict[int, str], untracked: list[int]) -> str:
-    """Where the full reasons are: MLflow's tag for trials that have a run, Optuna's user
-    attribute for those that failed before their run started."""
-    from vaebench.search import REASON_ATTR
-    from vaebench.tracking import REASON
+@contextmanager
+def _store_failures() -> Iterator[None]:
+    """A store's error outside a trial (a full disk as the study opens) as one line."""
+    from vaebench import search
 
-    optuna_only = sorted(set(untracked) & set(failures))
-    if not optuna_only:
-        return f"(reasons: tag {REASON} in MLflow)"
-    numbers = ", ".join(map(str, optuna_only))
-    where = f"user attribute {REASON_ATTR} of Optuna trial{'s' if len(optuna_only) > 1 else ''} {numbers}, which had no MLflow run"
-    return f"(reasons: {where})" if len(optuna_only) == len(failures) else f"(reasons: tag {REASON} in MLflow; {where})"
-
-
-def failure_summary(failures: dict[int, str]) -> str:
-    """`3 trials failed: DivergenceError: ... (trials 1, 4); ValueError: ... (trial 2)`: one line."""
-    groups: dict[str, list[int]] = {}
-    for number, reason in sorted(failures.items()):
-        groups.setdefault((reason.strip().splitlines() or ["unknown"])[0][:200], []).append(number)
-    parts = [f"{reason} (trial{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))})" for reason, ns in groups.items()]
-    if len(parts) > 3:
-        parts = parts[:3] + [f"{len(parts) - 3} other reasons"]
-    n = len(failures)
-    return f"{n} trial{'s' if n > 1 else ''} failed: " + "; ".join(parts)
+    try:
+        yield
+    except StoreFailure:
+        raise
+    except Exception as exc:
+        failure = search.as_store_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
 
 
 def cmd_list(args: argparse.Namespace) -> int:

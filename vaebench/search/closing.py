@@ -37,6 +37,16 @@ def store_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def as_store_failure(exc: BaseException) -> StoreFailure | None:
+    """A store's error met outside a trial (opening the study, reopening the parent run): the
+    one line to show, or None when `exc` is not a store's."""
+    cause = store_error(exc)
+    if cause is None:
+        return None
+    return StoreFailure(f"cannot write to the stores ({type(cause).__name__}: {short_reason(cause)}); free the "
+                        f"space or bring the store back, then run the same command again to resume")
+
+
 def stored(worker: Worker, number: int) -> FrozenTrial:
     """Trial `number` as stored now."""
     return next(t for t in worker.study.get_trials(deepcopy=False) if t.number == number)
