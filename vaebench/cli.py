@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--fresh", action="store_true",
                      help="start the study over: delete its Optuna trials and start a new MLflow parent run "
-                          "(the old runs stay in MLflow; reports read the newest parent run)")
+                          "(the old runs stay in MLflow; reports read the newest parent run); give it to one "
+                          "worker only, and start the others once it runs")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
 
