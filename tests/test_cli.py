@@ -347,3 +347,15 @@ def test_run_refuses_a_study_name_that_is_not_a_plain_word(
 ) -> None:
     line = refused(tmp_path, monkeypatch, *RUN, name=name)
     assert line.startswith("vaebench: error: tiny.yaml: name: ") and "not a usable study name" in line
+
+
+def test_a_results_folder_that_is_not_writable_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as root, where chmod does not stop writes: the check's own view is patched."""
+    from vaebench import runchecks
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real = os.access
+    monkeypatch.setattr(runchecks.os, "access", lambda p, mode: Path(p).resolve() != read_only and real(p, mode))
+    line = refused(tmp_path, monkeypatch, *RUN, "--results", "ro/reports")
+    assert line == "vaebench: error: --results ro/reports: folder ro is not writable"
