@@ -56,7 +56,7 @@ def test_a_manifest_with_an_invalid_study_is_exit_2(tmp_path: Path, capsys: pyte
     folder = report_folder(tmp_path / "study", [ROW], doc)
     assert cli.main(["replay", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "manifest.json: study: not a valid study" in err
+    assert err.count("\n") == 1 and "manifest.json: study: not a valid study (search.sampler" in err
 
 
 def test_an_unknown_trial_or_a_missing_folder_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

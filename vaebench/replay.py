@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from vaebench import manifest, report
 from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig
 from vaebench.errors import InputError
 from vaebench.stores import short_reason
+from vaebench.studyfile import format_validation_error
 
 TIMING = ("train_seconds", "*_samples_per_s")  # differ on every run: never compared
 EVERY_METRIC = ("torch", "numpy")  # they train and evaluate the model behind every number
@@ -71,8 +73,9 @@ def load(folder: Path) -> tuple[dict[str, Any], StudySpec, pd.DataFrame]:
     doc = manifest.read(folder)
     try:
         spec = StudySpec.model_validate(doc["study"])
-    except ValueError as exc:
-        raise InputError(f"{folder / manifest.FILENAME}: study: not a valid study ({short_reason(exc)})") from None
+    except ValidationError as exc:
+        raise InputError(f"{folder / manifest.FILENAME}: study: not a valid study "
+                         f"({format_validation_error(exc, doc['study'])})") from None
     path = folder / "trials.csv"
     try:  # as text: Python's float() reads every digit back exactly, as MLflow held it
         trials = pd.read_csv(path, dtype=str)
@@ -104,7 +107,10 @@ def trial_config(spec: StudySpec, row: pd.Series, path: Path) -> TrialConfig:
         values = report.space_values(spec.search.model_dump()["space"], row)
     except KeyError as exc:
         raise InputError(f"{where}: param.{exc.args[0]}: missing or not a value of the study's search space") from None
-    cfg = spec.with_params(values)
+    try:
+        cfg = spec.with_params(values)
+    except ValidationError as exc:
+        raise InputError(f"{where}: not a valid trial of the manifest's study ({format_validation_error(exc)})") from None
     for key, value in cfg.flat().items():
         logged = row.get(f"param.{key}")
         if logged is not None and not pd.isna(logged) and not report.same_value(logged, value):
