@@ -22,7 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from scipy import stats
 
-from vaebench import manifest, significance
+from vaebench import literature, manifest, significance
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
@@ -418,6 +418,21 @@ def reproduce_lines(study: str, study_file: str, has_manifest: bool) -> list[str
                     "the manifest comes with the next regenerated run.", ""]
 
 
+def literature_lines(record: StudyRecord, board: pd.DataFrame, folder: Path) -> list[str]:
+    """The comparison with the published numbers the study file names (literature.csv too)."""
+    text = record.parent.data.tags.get(tk.LITERATURE)
+    if not text:
+        return []
+    spec = literature.LiteratureSpec.from_json(text)
+    table = literature.comparison(board, spec)
+    if table.empty:
+        return []
+    write_csv(table, folder / "literature.csv")
+    hosts = record.trials.get(f"tag.{tk.HOST}", pd.Series(dtype=str)).dropna().unique()
+    devices = record.trials.get(f"tag.{tk.DEVICE}", pd.Series(dtype=str)).dropna().unique()
+    return literature.markdown(table, spec, "; ".join([*map(str, devices), *map(str, hosts)]) or "unknown")
+
+
 def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     """Write leaderboard.csv, trials.csv, report.md, figures/ and the study's manifest.json
     into `folder` (which must be new)."""
@@ -437,7 +452,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         "",
         "## Settings",
         "",
-        f"- objective: `{record.objective}` ({record.direction}d on validation; test metrics are reported, never optimised)",
+        f"- objective: `{record.objective}` ({record.direction}d"
+        f"{' on validation' if record.objective.startswith('val_') else ''}; test metrics are reported, never optimised)",
         f"- search: sampler `{params.get('search.sampler')}`, pruner `{params.get('search.pruner')}`, "
         f"{len(record.finished)} finished of {len(record.trials)} trials",
         f"- space: `{json.dumps(record.space)}`",
@@ -447,6 +463,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
             and not pd.isna(trials.iloc[0][c])),
         "",
         *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
+        *literature_lines(record, board, folder),
         *significance.budget_lines(board, record.finished, record.objective, record.direction,
                                    params.get("search.sampler"), "seed" in record.space, folder),
         "## Figures",

@@ -36,6 +36,7 @@ OBJECTIVE = "vaebench.objective"
 DIRECTION = "vaebench.direction"
 SAMPLER = "vaebench.sampler"
 STUDY_FILE = "vaebench.study_file"
+LITERATURE = "vaebench.literature"  # on the parent: the study file's published numbers (JSON)
 MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
 # on every child run: where and with what it ran
 VERSION = "vaebench.version"

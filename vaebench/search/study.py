@@ -37,7 +37,8 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
         return run_id
     mine = tracker.create_parent(
         tags={tk.OBJECTIVE: spec.search.objective, tk.DIRECTION: spec.search.direction,
-              tk.STUDY_FILE: path, tk.SAMPLER: spec.search.sampler, tk.NOTE: spec.description},
+              tk.STUDY_FILE: path, tk.SAMPLER: spec.search.sampler, tk.NOTE: spec.description}
+        | ({tk.LITERATURE: spec.literature.to_json()} if spec.literature else {}),
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
         | {"search.space": json.dumps(spec.search.model_dump()["space"])},
     )
