@@ -67,6 +67,15 @@ def test_an_unknown_trial_or_a_missing_folder_is_exit_2(tmp_path: Path, capsys: 
     assert "no such report folder" in capsys.readouterr().err
 
 
+def test_missing_data_files_are_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    doc = smoke_manifest()
+    doc["study"]["dataset"]["name"] = "mnist"
+    folder = report_folder(tmp_path / "study", [ROW], doc)
+    assert cli.main(["replay", str(folder), "--data-dir", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "mnist: missing files in " + str(tmp_path / "empty") in err
+
+
 # --- the parts, on constructed inputs ------------------------------------------------------------
 
 def test_trial_config_takes_the_trials_values_and_checks_its_params() -> None:

@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from pydantic import ValidationError
 
-from vaebench import manifest, report
+from vaebench import manifest, report, trial
 from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig
 from vaebench.errors import InputError
 from vaebench.stores import short_reason
 from vaebench.studyfile import format_validation_error
+from vaebench.train import resolve_device
+from vaebench.validate import device_problem
 
 TIMING = ("train_seconds", "*_samples_per_s")  # differ on every run: never compared
 EVERY_METRIC = ("torch", "numpy")  # they train and evaluate the model behind every number
@@ -136,14 +139,11 @@ def compared(metrics: dict[str, Any]) -> dict[str, float]:
 def rerun(cfg: TrialConfig, objective: str, direction: str, data_dir: str | None) -> tuple[dict[str, float], str]:
     """Train and evaluate `cfg` through vaebench.trial into a throwaway MLflow store; its
     metrics as MLflow holds them (what trials.csv was read from) and the dataset fingerprint."""
-    from vaebench import trial
-
-    data_dir = str(Path(data_dir).resolve()) if data_dir else None
+    ds = trial.load_data(cfg, data_dir)  # here: the default data folder is relative (./data)
     with tempfile.TemporaryDirectory(prefix="vaebench-replay-") as tmp, contextlib.chdir(tmp):
         # MLflow puts artifacts under ./mlruns: inside the temporary folder
         tracker = tk.StudyTracker.open(f"sqlite:///{Path(tmp) / 'mlflow.db'}", cfg.name)
         parent = tracker.create_parent({tk.OBJECTIVE: objective, tk.DIRECTION: direction}, {})
-        ds = trial.load_data(cfg, data_dir)
         run = tracker.start_trial(parent, 0, "replay", trial.environment())
         run.log_params(cfg.flat())
         trial.train_and_evaluate(cfg, ds, run, [])
@@ -191,16 +191,12 @@ def differences(recorded: dict[str, float], replayed: dict[str, float], found: l
 
 def replay(folder: Path, number: int | None = None, data_dir: str | None = None) -> Outcome:
     """Rerun trial `number` (default: the best) of the study reported in `folder`."""
-    import torch
-
-    from vaebench.train import resolve_device
-    from vaebench.validate import device_problem
-
     doc, spec, trials = load(folder)
     row = pick(trials, number, folder / "trials.csv")
     cfg = trial_config(spec, row, folder / "trials.csv")
     if problem := device_problem(cfg.device):
         raise InputError(f"{folder / 'trials.csv'}: trial {row['trial']}: param.device {cfg.device}: {problem}")
+    trial.check_data(spec, folder / manifest.FILENAME, data_dir)  # missing or corrupt data files: bad input
     threads = doc["hardware"].get("torch_threads")
     before = torch.get_num_threads()
     if isinstance(threads, int) and threads > 0:
