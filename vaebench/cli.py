@@ -223,11 +223,12 @@ def _graceful_sigint(stop: threading.Event) -> Iterator[None]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from vaebench import data, models
+    from vaebench import data, models, schedules
     from vaebench.config import STUDY_DIRS
 
     for kind, names in models.describe().items():
         print(f"{kind + ':':15s} {', '.join(names)}")
+    print(f"{'schedules:':15s} {', '.join(sorted(schedules.SCHEDULES))}")
     print(f"{'datasets:':15s} {', '.join(sorted(data.DATASETS))}")
     studies = sorted({p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml")})
     print(f"{'studies:':15s} {', '.join(studies)}")
