@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from vaebench import metrics, tracking, trial
+from vaebench import manifest, metrics, tracking, trial
 from vaebench.config import StudySpec
 
 SPEC = StudySpec.model_validate({
@@ -35,6 +35,15 @@ def test_environment_tags_are_tracking_tag_names() -> None:
     assert set(env) == {tracking.VERSION, tracking.TORCH_VERSION, tracking.MLFLOW_VERSION, tracking.OPTUNA_VERSION,
                         tracking.PYTHON_VERSION, tracking.HOST}
     assert env[tracking.TORCH_VERSION] == torch.__version__
+
+
+def test_environment_tags_agree_with_the_manifest() -> None:
+    """The tags of every run and the study's manifest come from one source."""
+    env, versions, hw = trial.environment(), manifest.package_versions(), manifest.hardware()
+    assert env[tracking.MLFLOW_VERSION] == versions["mlflow"] and env[tracking.OPTUNA_VERSION] == versions["optuna"]
+    assert env[tracking.TORCH_VERSION] == versions["torch"]
+    assert env[tracking.PYTHON_VERSION] == manifest.python()["version"]
+    assert f"{hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads" in env[tracking.HOST]
 
 
 def test_the_stage_evaluation_logs_the_subset_likelihood_at_each_stage_end() -> None:

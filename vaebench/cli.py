@@ -1,4 +1,4 @@
-"""`python -m vaebench` / `vaebench`: run, list, leaderboard, report, ui.
+"""`python -m vaebench` / `vaebench`: run, list, leaderboard, report, replay, ui.
 
 A thin shell over config, trial, search, report. Heavy libraries (torch, MLflow, Optuna) are
 imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
@@ -11,15 +11,13 @@ import os
 import subprocess
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from vaebench import interrupt
 from vaebench.errors import InputError, StoreFailure
 from vaebench.stores import short_reason
 from vaebench.outcome import failure_summary, where_reasons
-from vaebench.runchecks import check_devices, check_distinct_stores, check_flags, check_results
+from vaebench.runchecks import check_devices, check_distinct_stores, check_flags, check_results, tracked_store
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -91,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the study's Optuna storage, read (never created) to explain a study MLflow lacks")
     rep.add_argument("--results", default="results", help="folder for reports (default ./results)")
 
+    rp = sub.add_parser("replay", help="rerun one trial of a report folder from its manifest and check its numbers")
+    rp.add_argument("folder", help="a report folder holding manifest.json and trials.csv, e.g. results/beta_sweep")
+    rp.add_argument("--trial", type=int, default=None, metavar="N", help="the trial to rerun (default: the best)")
+    rp.add_argument("--data-dir", default=os.environ.get("VAEBENCH_DATA"), help="folder of local datasets")
+
     ui = sub.add_parser("ui", help="start the MLflow UI on this folder's runs")
     ui.add_argument("--tracking-uri", default=None)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
@@ -142,11 +145,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
     with interrupt.graceful_sigint(stop):
-        with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar, _store_failures():
+        with (ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar,
+              search.store_failures_in_one_line()):
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
-                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options, fresh=args.fresh)
+                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options,
+                                      command=["vaebench", *args.argv], fresh=args.fresh)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
@@ -181,22 +186,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-@contextmanager
-def _store_failures() -> Iterator[None]:
-    """A store's error outside a trial (a full disk as the study opens) as one line."""
-    from vaebench import search
-
-    try:
-        yield
-    except StoreFailure:
-        raise
-    except Exception as exc:
-        failure = search.as_store_failure(exc)
-        if failure is None:
-            raise
-        raise failure from exc
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     from vaebench import data, models, schedules
     from vaebench.config import STUDY_DIRS
@@ -218,20 +207,6 @@ def study_name(study: str) -> str:
 
     spec, _ = load_study(study)
     return spec.name
-
-
-def tracked_store(args: argparse.Namespace, name: str) -> str:
-    """The tracking URI to read study `name` back from, checked without writing: a store that
-    is there and readable, and holding the parent run the Optuna storage names."""
-    from vaebench import search, tracking
-
-    tracking.quiet()
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    what = "--tracking-uri" if args.tracking_uri else "tracking URI"
-    tracking.check_tracking_uri(uri, what)
-    search.check_tracked(name, args.storage, uri)
-    tracking.check_store_exists(uri, what)
-    return uri
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -260,6 +235,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Exit codes: 0 identical, 1 the numbers differ (the differences are printed), 2 bad input."""
+    from vaebench import replay, tracking
+
+    tracking.quiet()
+    folder = Path(args.folder)
+    outcome = replay.replay(folder, args.trial, args.data_dir)
+    print(replay.summary(outcome, folder))
+    return 0 if outcome.identical else 1
+
+
 def ui_command(args: argparse.Namespace) -> list[str]:
     """`mlflow ui` on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
     from vaebench import tracking
@@ -275,11 +261,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,
+            "replay": cmd_replay, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # the command line, for the manifest
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)

@@ -1,5 +1,5 @@
-"""The checks of `vaebench run` that come before anything is written: flags, devices, the
-results folder, and stores that cannot both be the same file."""
+"""The checks that come before anything is written: `run`'s flags, devices, the results folder
+and stores that cannot both be the same file; the store a report reads back."""
 from __future__ import annotations
 
 import argparse
@@ -65,3 +65,17 @@ def check_distinct_stores(storage_url: str, tracking_uri: str) -> None:
     optuna_file, mlflow_file = sqlite_path(storage_url), sqlite_path(tracking_uri)
     if optuna_file is not None and mlflow_file is not None and optuna_file.resolve() == mlflow_file.resolve():
         raise InputError(f"--storage {storage_url}: the same file as the MLflow tracking URI; give each its own")
+
+
+def tracked_store(args: argparse.Namespace, name: str) -> str:
+    """The tracking URI to read study `name` back from, checked without writing: a store that
+    is there and readable, and holding the parent run the Optuna storage names."""
+    from vaebench import search, tracking
+
+    tracking.quiet()
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    what = "--tracking-uri" if args.tracking_uri else "tracking URI"
+    tracking.check_tracking_uri(uri, what)
+    search.check_tracked(name, args.storage, uri)
+    tracking.check_store_exists(uri, what)
+    return uri

@@ -18,7 +18,7 @@ Ctrl-C, dead workers and workers side by side (worker, recovery).
     internals  every use of Optuna's private names, each with its reason
 """
 from vaebench.search.attrs import PARENT_ATTR, REASON_ATTR, RUN_ATTR, WORKER_ATTR
-from vaebench.search.closing import as_store_failure
+from vaebench.search.closing import as_store_failure, store_failures_in_one_line
 from vaebench.search.consistency import check_before_run, check_tracked, start_fresh
 from vaebench.search.recovery import Process, requeue
 from vaebench.search.space import PRUNERS, SAMPLERS, AnyPruner, GridSampler, create_study, suggest
@@ -28,7 +28,7 @@ from vaebench.search.worker import Progress, StudyRun, Worker, Withdrawn
 
 __all__ = [
     "PARENT_ATTR", "PRUNERS", "REASON_ATTR", "RUN_ATTR", "SAMPLERS", "WORKER_ATTR", "AnyPruner", "GridSampler",
-    "as_store_failure", "check_before_run", "check_tracked", "start_fresh",
+    "as_store_failure", "check_before_run", "store_failures_in_one_line", "check_tracked", "start_fresh",
     "Process", "Progress", "StudyRun", "Withdrawn", "Worker", "check_storage", "checkpoint_folder", "create_study",
     "heartbeat_enabled", "journal_path", "open_storage", "parent_run", "requeue", "run_study", "setup_lock",
     "suggest",

@@ -6,7 +6,8 @@ Closing runs inside `interrupt` closing mode: a further Ctrl-C waits for it.
 from __future__ import annotations
 
 import sqlite3
-from typing import TYPE_CHECKING
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -112,3 +113,17 @@ def end_parent(worker: Worker, trials: list[FrozenTrial], done: int, interrupted
         worker.tracker.end_parent(worker.parent_id, "COMPLETE", summary)
     elif not any(t.state == TrialState.RUNNING for t in trials):
         worker.tracker.end_parent(worker.parent_id, "INTERRUPTED" if interrupted else "INCOMPLETE", summary)
+
+
+@contextmanager
+def store_failures_in_one_line() -> Iterator[None]:
+    """A store's error outside a trial (a full disk as the study opens) as one line."""
+    try:
+        yield
+    except StoreFailure:
+        raise
+    except Exception as exc:
+        failure = as_store_failure(exc)
+        if failure is None:
+            raise
+        raise failure from exc
