@@ -367,4 +367,10 @@ def test_ctrl_c_stops_after_the_epoch_then_resumes(folder: Path, mlflow_template
     assert code == 0, err
     study, by_trial = assert_study_complete(tmp_path, "stopped", 2)
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    assert study.trials[2].params == stopped.params and sorted(by_trial) == [0, 1, 2]
+    assert study.trials[2].params == stopped.params and sorted(by_trial) == [0, 2]
+    # the re-run went on from the checkpoint the Ctrl-C wrote, in the interrupted trial's run
+    resumed = by_trial[2]
+    assert resumed.info.run_id == killed.info.run_id
+    # Optuna got epochs up to the one before the stop; the checkpoint also holds the stopped epoch
+    assert int(resumed.data.tags["vaebench.resumed_at_epoch"]) == len(stopped.intermediate_values) + 2
+    assert sorted(study.trials[2].intermediate_values) == list(range(1, 21))  # the pruner sees the whole curve
