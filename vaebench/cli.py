@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 from contextlib import contextmanager
@@ -213,19 +212,32 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# MLflow's job executor (a job runner and its huey consumer processes) runs GenAI jobs, which
+# vaebench never submits: the UI needs one web worker and nothing else.
+UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def ui_command(args: argparse.Namespace) -> list[str]:
-    """`mlflow ui` on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
+    """MLflow's server on this study folder's store, one worker, bound to --host (default
+    127.0.0.1: local only)."""
     from vaebench import tracking
 
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", args.host, "--port", str(args.port)]
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", args.host, "--port", str(args.port), "--workers", "1"]
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Prints each study's link (its runs, in model-training mode, with its saved view), then
+    becomes the server: no vaebench process stays behind it."""
+    from vaebench import mlflow_view, tracking
+
     cmd = ui_command(args)
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    for name, url in mlflow_view.study_links(tracking.resolve_tracking_uri(args.tracking_uri), base):
+        print(f"{name}: {url}")
+    print(" ".join(cmd), flush=True)
+    os.execvpe(cmd[0], cmd, os.environ | UI_ENV)
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report, "ui": cmd_ui}

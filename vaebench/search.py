@@ -47,7 +47,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import __version__, artifacts, data, metrics, models, train
+from vaebench import __version__, artifacts, data, metrics, mlflow_view, models, tracking, train
 from vaebench.config import Range, StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.tracking import (
@@ -341,6 +341,7 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
+    dataset: tracking.DatasetRef | None = None,
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores and the per-trial
     artifacts to `run` (and `board`); the full set too when given the experiment to put it in."""
@@ -362,7 +363,8 @@ def train_and_evaluate(
         "train_seconds": history.train_seconds,
         "n_params": float(model.n_params),
     }
-    run.log_metrics(final, step=cfg.train.epochs)  # the last epoch's val_* are logged already
+    run.flush()  # the epochs' metrics, then the final scores at step 0, linked to the dataset
+    tracking.log_final_metrics(run.client, run.run_id, final, dataset=dataset)
     if board:
         board.log_epoch(cfg.train.epochs, final)
     artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
@@ -495,6 +497,7 @@ class Worker:
         self.retried: list[int] = []
         self.current: _Current | None = None
         self.requeued = False
+        self.source_tags = tracking.source_tags()
 
     # -- dead workers -------------------------------------------------------------------
 
@@ -644,6 +647,10 @@ class Worker:
         summary = {"n_trials_done": float(done)}
         if any(t.state == TrialState.COMPLETE for t in trials):
             summary[f"best_{self.spec.search.objective}"] = self.study.best_value
+            best_run = self.study.best_trial.user_attrs.get(RUN_ATTR)
+            if best_run:
+                tracking.summarize_parent(self.tracker.client, self.parent_id, best_run, self.spec.search.objective,
+                                          mlflow_view.HEADLINE)
         if done >= self.total:
             self.tracker.end_parent(self.parent_id, "COMPLETE", summary)
         elif not any(t.state == TrialState.RUNNING for t in trials):
@@ -687,10 +694,14 @@ class Worker:
             "vaebench.device": str(train.resolve_device(cfg.device)),
             "vaebench.seed": cfg.seed,
             "vaebench.optuna_trial_id": trial._trial_id,
-        })
+            tracking.RUN_COLOR: mlflow_view.run_color(spec, params),
+        } | self.source_tags)
         assert self.current is not None
         self.current.run = run
         run.log_params(cfg.flat())
+        dataset = tracking.log_dataset(self.tracker.client, run.run_id, ds.name, ds.fingerprint,
+                                       self.data_dir or f"vaebench.data:{ds.name}",
+                                       {s: tuple(getattr(ds, s).x.shape) for s in data.SPLITS})
         trial.set_user_attr(RUN_ATTR, run.run_id)
         objective_key = spec.search.objective
 
@@ -705,7 +716,7 @@ class Worker:
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
-            final = train_and_evaluate(cfg, ds, run, [report], board, full)
+            final = train_and_evaluate(cfg, ds, run, [report], board, full, dataset)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             raise
@@ -716,6 +727,8 @@ class Worker:
         finally:
             if board:
                 board.close()
+        tracking.describe_run(self.tracker.client, run.run_id,
+                              tracking.trial_summary(name, objective_key, final, mlflow_view.HEADLINE))
         run.finish("COMPLETE")
         return final[objective_key]
 
@@ -733,7 +746,7 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
     mine = tracker.create_parent(
         tags={OBJECTIVE: spec.search.objective, DIRECTION: spec.search.direction,
               "vaebench.study_file": path, "vaebench.sampler": spec.search.sampler,
-              "mlflow.note.content": spec.description},
+              "mlflow.note.content": spec.description} | tracking.source_tags(),
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
         | {"search.space": json.dumps(spec.search.model_dump()["space"])},
     )
@@ -767,6 +780,8 @@ def run_study(
         study = create_study(spec, open_storage(storage_url))
         tracker = StudyTracker.open(tracking_uri, spec.name)
         parent_id = parent_run(spec, study, tracker, study_path)
+        tracking.describe_experiment(tracker.client, tracker.experiment_id, spec.description)
+        tracking.save_view(tracker.client, tracker.experiment_id, spec)
     worker = Worker(spec, study, tracker, parent_id, total, progress or Progress(), stop or threading.Event(),
                     data_dir, tensorboard_dir, artifacts_mode)
     return worker.run()

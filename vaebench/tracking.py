@@ -7,6 +7,7 @@ child run is linked to its parent by the `mlflow.parentRunId` tag, which is exac
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -313,3 +314,125 @@ def tensorboard_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("tensorboard") is not None
+
+
+# -- what the MLflow UI shows: dataset, linked final metrics, model names, notes, colours ----
+
+NOTE = "mlflow.note.content"  # the description of an experiment or a run (markdown)
+RUN_COLOR = "mlflow.runColor"  # a run's colour in the runs table and charts
+DATA_CONTEXT = "mlflow.data.context"  # the dataset input's role: training, evaluation
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset as MLflow names it: final metrics are linked to it by name and digest."""
+
+    name: str
+    digest: str
+
+
+def log_dataset(
+    client: MlflowClient, run_id: str, name: str, digest: str, source: str, shapes: dict[str, tuple[int, ...]],
+    context: str = "training",
+) -> DatasetRef:
+    """Logs the run's dataset input (the Dataset column and filter of the runs page): its
+    fingerprint as digest, where it came from, a tensor schema and each split's shape."""
+    import numpy as np
+    from mlflow.data.schema import TensorDatasetSchema
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.types import Schema, TensorSpec
+
+    example = next(iter(shapes.values()))
+    schema = TensorDatasetSchema(
+        features=Schema([TensorSpec(np.dtype("float32"), (-1, *example[1:]))]),
+        targets=Schema([TensorSpec(np.dtype("int64"), (-1,))]),
+    )
+    profile = {f"{split}_shape": list(shape) for split, shape in shapes.items()}
+    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
+                      schema=json.dumps(schema.to_dict()), profile=json.dumps(profile))
+    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT, context)])])
+    return DatasetRef(name, digest)
+
+
+def log_final_metrics(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], model_id: str | None = None,
+    dataset: DatasetRef | None = None,
+) -> None:
+    """A trial's final scores at step 0 (bars in the chart view, not a dot at the last epoch
+    of a line), linked to its logged model (the Models tab's metric columns) and dataset."""
+    ts = _now_ms()
+    link = {"model_id": model_id} | ({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})
+    items = [Metric(k, v, ts, 0, **link) for k, v in _finite(metrics).items()]
+    for i in range(0, len(items), _MAX_METRICS):
+        client.log_batch(run_id, metrics=items[i : i + _MAX_METRICS])
+
+
+def logged_model_name(number: int, params: dict[str, Any]) -> str:
+    """`t005-beta0p5-seed1`: unique in the study and readable; MLflow refuses dots (and / : %
+    and quotes) in model names, so 0.5 is written 0p5 and -1 m1."""
+    def part(key: str, value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [p for sub, v in value.items() for p in part(sub, v)]
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        text = re.sub(r"[^A-Za-z0-9_]+", "_", text.replace(".", "p").replace("-", "m")).strip("_")
+        return [key.rsplit(".", 1)[-1] + text]
+
+    return "-".join([f"t{number:03d}"] + [p for k, v in params.items() for p in part(k, v)])
+
+
+def create_model(client: MlflowClient, experiment_id: str, run_id: str, name: str, params: dict[str, Any]) -> str:
+    """A logged model for the run, named and with the trial's params; returns its id, for
+    `log_final_metrics` and for `mlflow.pytorch.log_model(model_id=...)`."""
+    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
+                                       params={k: str(v) for k, v in params.items()})
+    return model.model_id
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str, text: str) -> None:
+    if text:
+        client.set_experiment_tag(experiment_id, NOTE, text)
+
+
+def describe_run(client: MlflowClient, run_id: str, text: str) -> None:
+    client.set_tag(run_id, NOTE, text)
+
+
+def trial_summary(name: str, objective: str, metrics: dict[str, float], headline: tuple[str, ...]) -> str:
+    """A child run's one-line description: `t003 beta=1 seed=0: val_elbo -32.49, test_elbo -32.55, ...`."""
+    shown = [k for k in dict.fromkeys((objective, *headline)) if k in _finite(metrics)]
+    return f"{name}: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in shown)
+
+
+def summarize_parent(
+    client: MlflowClient, parent_id: str, best_run_id: str, objective: str, headline: tuple[str, ...],
+) -> None:
+    """The parent run carries the best trial's objective and headline metrics under the same
+    names, and a description that links to that trial."""
+    best = client.get_run(best_run_id)
+    keys = [k for k in dict.fromkeys((objective, *headline)) if k in best.data.metrics]
+    log_final_metrics(client, parent_id, {k: best.data.metrics[k] for k in keys})
+    link = f"[{best.info.run_name}](#/experiments/{best.info.experiment_id}/runs/{best_run_id})"
+    values = ", ".join(f"{k} {best.data.metrics[k]:.4g}" for k in keys)
+    describe_run(client, parent_id, f"Best trial: {link} ({values}).")
+
+
+def source_tags() -> dict[str, str]:
+    """User, source and git tags as `mlflow.start_run` would set them (Source and User columns),
+    for runs created through MlflowClient, which sets none."""
+    from mlflow.tracking.context.registry import resolve_tags
+
+    return {k: v for k, v in resolve_tags().items() if k.startswith(("mlflow.source.", "mlflow.user"))}
+
+
+def save_view(client: MlflowClient, experiment_id: str, spec: Any, mlflow_version: str | None = None) -> bool:
+    """Writes the study's saved runs-page view (vaebench.mlflow_view) on its experiment, only
+    for the MLflow versions whose UI is tested to load it; returns whether it did."""
+    import importlib.metadata
+
+    from vaebench import mlflow_view
+
+    if not mlflow_view.view_supported(mlflow_version or importlib.metadata.version("mlflow")):
+        return False
+    key, value = mlflow_view.view_tag(spec, _now_ms())
+    client.set_experiment_tag(experiment_id, key, value)
+    return True
