@@ -5,10 +5,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()  # a test's outcome, for fixtures that keep evidence of failures
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
 
 
 def vaebench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
