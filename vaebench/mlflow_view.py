@@ -45,8 +45,8 @@ def swept_params(spec: StudySpec) -> list[str]:
         if isinstance(dom, Range) or not any(isinstance(c, dict) for c in dom):
             keys.append(key)
         else:
-            keys += [f"{key}.{sub}" for c in dom if isinstance(c, dict) for sub in c if f"{key}.{sub}" not in keys]
-    return keys
+            keys += [f"{key}.{sub}" for c in dom if isinstance(c, dict) for sub in c]
+    return list(dict.fromkeys(keys))
 
 
 def group_params(spec: StudySpec) -> list[str]:
