@@ -207,11 +207,13 @@ def test_descriptions_of_experiment_trial_and_parent(client: MlflowClient) -> No
                                     {"val_elbo": -31.25, "test_elbo": -32.5, "test_recon": 30.0, "test_kl": 2.5, "train_loss": 9.0}.items()])
     summary = tracking.trial_summary("t001 beta=4 seed=0", "val_elbo", {"val_elbo": -31.25, "test_elbo": -32.5}, mlflow_view.HEADLINE)
     assert summary == "t001 beta=4 seed=0: val_elbo -31.25, test_elbo -32.5"
-    parent = client.create_run(experiment).info.run_id
+    parent = client.create_run(experiment, tags={tracking.DESCRIPTION: "two β values"}).info.run_id
     tracking.summarize_parent(client, parent, best, "val_elbo", mlflow_view.HEADLINE)
     run = client.get_run(parent)
     assert run.data.metrics == {"val_elbo": -31.25, "test_elbo": -32.5, "test_recon": 30.0, "test_kl": 2.5}
-    assert f"[t001 beta=4 seed=0](#/experiments/{experiment}/runs/{best})" in run.data.tags[tracking.NOTE]
+    assert run.data.tags[tracking.NOTE] == (
+        f"two β values\n\nBest trial: [t001 beta=4 seed=0](#/experiments/{experiment}/runs/{best})"
+        " (val_elbo -31.25, test_elbo -32.5, test_recon 30, test_kl 2.5).")
 
 
 def test_source_tags_fill_the_user_and_source_columns() -> None:

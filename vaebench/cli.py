@@ -127,8 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {tracking.redact(args.storage)}, study '{spec.name}')")
-        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking.redact(tracking_uri)}"
-              f"  -> `mlflow ui` in this folder")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking.redact(tracking_uri)}")
+        print(f"compare in MLflow: `vaebench ui` in this folder, then {ui_link(result.experiment_id)}")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
@@ -225,6 +225,16 @@ def ui_command(args: argparse.Namespace) -> list[str]:
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
             "--host", args.host, "--port", str(args.port), "--workers", "1"]
+
+
+def ui_link(experiment_id: str, port: int = 5000) -> str:
+    """The link `vaebench ui` (default port) prints for a study just run."""
+    import importlib.metadata
+
+    from vaebench import mlflow_view
+
+    with_view = mlflow_view.view_supported(importlib.metadata.version("mlflow"))
+    return mlflow_view.runs_url(f"http://127.0.0.1:{port}", experiment_id, with_view=with_view)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -355,10 +355,12 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     measured = [m for m in OPTIONAL if board.get(f"{m}_mean", pd.Series(dtype=float)).notna().any()]
     metrics = [record.objective] + [m for m in measured + HEADLINE if m != record.objective]
     study_file = record.parent.data.tags.get("vaebench.study_file", f"{record.study}")
+    tags = record.parent.data.tags
+    description = tags.get(tk.DESCRIPTION, tags.get(tk.NOTE, ""))  # a store from before the DESCRIPTION tag
     lines = [
         f"# {record.study}",
         "",
-        f"> {record.parent.data.tags.get('mlflow.note.content', '').strip() or 'No description.'}",
+        f"> {description.strip() or 'No description.'}",
         "",
         "## Settings",
         "",

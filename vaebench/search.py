@@ -746,7 +746,8 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
     mine = tracker.create_parent(
         tags={OBJECTIVE: spec.search.objective, DIRECTION: spec.search.direction,
               "vaebench.study_file": path, "vaebench.sampler": spec.search.sampler,
-              "mlflow.note.content": spec.description} | tracking.source_tags(),
+              "mlflow.note.content": spec.description, tracking.DESCRIPTION: spec.description}
+        | tracking.source_tags(),
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
         | {"search.space": json.dumps(spec.search.model_dump()["space"])},
     )

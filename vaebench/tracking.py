@@ -319,6 +319,7 @@ def tensorboard_available() -> bool:
 # -- what the MLflow UI shows: dataset, linked final metrics, model names, notes, colours ----
 
 NOTE = "mlflow.note.content"  # the description of an experiment or a run (markdown)
+DESCRIPTION = "vaebench.description"  # the study file's description, on the parent (its note adds the best trial)
 RUN_COLOR = "mlflow.runColor"  # a run's colour in the runs table and charts
 DATA_CONTEXT = "mlflow.data.context"  # the dataset input's role: training, evaluation
 
@@ -407,13 +408,14 @@ def summarize_parent(
     client: MlflowClient, parent_id: str, best_run_id: str, objective: str, headline: tuple[str, ...],
 ) -> None:
     """The parent run carries the best trial's objective and headline metrics under the same
-    names, and a description that links to that trial."""
+    names, and a description (the study's, then a link to that trial)."""
     best = client.get_run(best_run_id)
     keys = [k for k in dict.fromkeys((objective, *headline)) if k in best.data.metrics]
     log_final_metrics(client, parent_id, {k: best.data.metrics[k] for k in keys})
     link = f"[{best.info.run_name}](#/experiments/{best.info.experiment_id}/runs/{best_run_id})"
     values = ", ".join(f"{k} {best.data.metrics[k]:.4g}" for k in keys)
-    describe_run(client, parent_id, f"Best trial: {link} ({values}).")
+    study = client.get_run(parent_id).data.tags.get(DESCRIPTION, "")
+    describe_run(client, parent_id, (f"{study}\n\n" if study else "") + f"Best trial: {link} ({values}).")
 
 
 def source_tags() -> dict[str, str]:
