@@ -90,7 +90,7 @@ def measure(variant: str, uri: str, settle_s: float) -> dict[str, Any]:
             try:
                 if requests.get(f"{base}/health", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 pass
             if proc.poll() is not None or time.perf_counter() - start > 120:
                 raise RuntimeError(f"{variant}: the server did not start")

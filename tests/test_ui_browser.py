@@ -76,7 +76,7 @@ def ui(smoke: Path) -> Iterator[str]:
             try:
                 if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or busy starting
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
             time.sleep(0.5)
