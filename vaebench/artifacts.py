@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from mlflow import MlflowClient
 
-from vaebench import data, figures, metrics, models
+from vaebench import data, figures, metrics, models, tracking
 from vaebench.tracking import TensorBoardRun, TrialRun
 
 WEIGHTS = "weights/state_dict.pt"
@@ -47,10 +48,14 @@ def log_trial(
         run.log_artifact(weights, Path(WEIGHTS).parent.as_posix())
 
 
-def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str) -> str:
+def log_full(
+    model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str,
+    name: str = "model", params: dict[str, Any] | None = None,
+) -> str:
     """The costly set: latent traversals, latent PCA and KL-per-dimension charts and the
-    MLflow model, created in the study's experiment (not the process's active one).
-    Returns the model's URI."""
+    MLflow model, a logged model of the study's experiment (not the process's active one)
+    named `name`, with `params`; MLflow links the run's step-0 metrics (the final scores) to
+    it. Returns the model's URI."""
     import mlflow.pytorch
 
     x = ds.test.x
@@ -62,9 +67,9 @@ def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment
             run.log_artifact(figures.traversals(model, x[:1], folder / "traversals.png"))
             run.log_artifact(figures.kl_per_dim(metrics.kl_per_dim(model, x), folder / "kl_per_dim.png"))
     model.cpu().eval()  # exported on the CPU, with a CPU example, wherever it was trained
-    logged = run.client.create_logged_model(experiment_id, name="model", source_run_id=run.run_id)
+    model_id = tracking.create_model(run.client, experiment_id, run.run_id, name, params or {})
     info = mlflow.pytorch.log_model(
-        model, name="model", model_id=logged.model_id, run_id=run.run_id,
+        model, name="model", model_id=model_id, run_id=run.run_id,
         input_example=x[:2].cpu().numpy(), pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
     )
     run.set_tags({MODEL_URI_TAG: info.model_uri})

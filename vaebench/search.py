@@ -341,10 +341,11 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
-    dataset: tracking.DatasetRef | None = None,
+    dataset: tracking.DatasetRef | None = None, model_name: str = "model",
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores and the per-trial
-    artifacts to `run` (and `board`); the full set too when given the experiment to put it in."""
+    artifacts to `run` (and `board`); the full set too when given the experiment to put it in,
+    its logged model named `model_name`. The final scores are linked to `dataset`."""
     model = build_model(cfg, ds)
     log_epoch = lambda epoch, m: run.log_metrics({k: v for k, v in m.items() if k != "epoch"}, step=epoch, buffered=True)  # noqa: E731
     loggers = [log_epoch] + ([board.log_epoch] if board else [])
@@ -363,13 +364,13 @@ def train_and_evaluate(
         "train_seconds": history.train_seconds,
         "n_params": float(model.n_params),
     }
-    run.flush()  # the epochs' metrics, then the final scores at step 0, linked to the dataset
+    run.flush()  # the epochs' metrics, then the final scores at step 0
     tracking.log_final_metrics(run.client, run.run_id, final, dataset=dataset)
     if board:
         board.log_epoch(cfg.train.epochs, final)
     artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
-        artifacts.log_full(model, ds, run, full_artifacts_in)
+        artifacts.log_full(model, ds, run, full_artifacts_in, name=model_name, params=cfg.flat())
     return history.last | final
 
 
@@ -639,7 +640,9 @@ class Worker:
         cfg = self.spec.with_params(self.spec.search.values(best.params))
         ds = load_data(cfg, self.data_dir)
         model = artifacts.load_weights(self.tracker.client, run_id, build_model(cfg, ds))
-        artifacts.log_full(model, ds, TrialRun(self.tracker.client, run_id), self.tracker.experiment_id)
+        artifacts.log_full(model, ds, TrialRun(self.tracker.client, run_id), self.tracker.experiment_id,
+                           name=tracking.logged_model_name(best.number, self.spec.search.values(best.params)),
+                           params=cfg.flat())
 
     def end_parent(self, trials: list[FrozenTrial], done: int, interrupted: bool) -> None:
         """FINISHED once the study is complete; else, when no other worker is running a trial,
@@ -716,7 +719,8 @@ class Worker:
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
-            final = train_and_evaluate(cfg, ds, run, [report], board, full, dataset)
+            final = train_and_evaluate(cfg, ds, run, [report], board, full, dataset,
+                                       tracking.logged_model_name(trial.number, params))
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             raise

@@ -360,7 +360,9 @@ def log_final_metrics(
     dataset: DatasetRef | None = None,
 ) -> None:
     """A trial's final scores at step 0 (bars in the chart view, not a dot at the last epoch
-    of a line), linked to its logged model (the Models tab's metric columns) and dataset."""
+    of a line), linked to its dataset and to `model_id`. `mlflow.<flavor>.log_model` links a
+    run's step-0 metrics to the model it logs by itself (the Models tab's metric columns):
+    give `model_id` only for a model logged otherwise, or the same metric is linked twice."""
     ts = _now_ms()
     link = {"model_id": model_id} | ({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})
     items = [Metric(k, v, ts, 0, **link) for k, v in _finite(metrics).items()]
