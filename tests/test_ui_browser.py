@@ -27,7 +27,10 @@ from mlflow import MlflowClient
 from conftest import CALL_REPORT, REPO
 from vaebench.config import load_study
 
-pytestmark = pytest.mark.slow
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # decided before any fixture runs the smoke study
+    CHROMIUM is None, reason="no chromium executable on PATH (Debian: apt-get install chromium)")]
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -36,19 +39,10 @@ WAIT_MS = 60_000
 SMOKE_BETAS = [str(b) for b in load_study("smoke")[0].search.space["model.beta"]]  # as MLflow shows params
 
 
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("no chromium executable on PATH (Debian: apt-get install chromium)")
-    return path
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-    executable = chromium()
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
 
