@@ -1,4 +1,4 @@
-"""Evaluation is bounded (issue 6, point 4): time and peak memory of the scores on 10,000
+"""Evaluation is bounded: time and peak memory of the scores on 10,000
 test points.
 
     python benchmarks/bench_eval.py                  # 3 repeats (IWAE once)

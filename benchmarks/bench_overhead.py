@@ -1,4 +1,4 @@
-"""What search + tracking cost per trial (issue 6, point 3):
+"""What search + tracking cost per trial:
 
     python benchmarks/bench_overhead.py                  # tiny trials + flagship-trial share
     python benchmarks/bench_overhead.py --no-flagship    # tiny trials only (~1 min)
@@ -40,7 +40,7 @@ from typing import Any
 
 from common import median, print_table, rotated, timed, write_report
 
-from vaebench import artifacts, config, metrics, search, tracking, train
+from vaebench import artifacts, config, metrics, search, tracking, train, trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,11 +108,11 @@ def flagship_share(repeats: int) -> dict[str, Any]:
     """A flagship trial with and without tracking, interleaved."""
     spec, path = config.load_study(str(ROOT / "studies" / "beta_sweep.yaml"))
     cfg = spec.with_params({"model.beta": 1.0, "seed": 0})
-    ds = search.load_data(cfg)
+    ds = trial.load_data(cfg)
     tracking.quiet()
 
     def untracked() -> None:
-        model = search.build_model(cfg, ds)
+        model = trial.build_model(cfg, ds)
         train.fit(model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
                   seed=cfg.seed, grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
                   device=cfg.device, eval_batch_size=cfg.eval.batch_size)
@@ -130,9 +130,9 @@ def flagship_share(repeats: int) -> dict[str, Any]:
 
         def tracked() -> None:
             number = next(numbers)
-            run = tracker.start_trial(parent, number, f"t{number}", search.environment())
+            run = tracker.start_trial(parent, number, f"t{number}", trial.environment())
             run.log_params(cfg.flat())
-            search.train_and_evaluate(cfg, ds, run, [])
+            trial.train_and_evaluate(cfg, ds, run, [])
             run.finish("COMPLETE")
 
         tracked()  # warm-up: first MLflow writes, first figures, first model save
@@ -156,7 +156,7 @@ def flagship_share(repeats: int) -> dict[str, Any]:
         best = []  # the best trial's charts + MLflow model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
-            best.append(timed(lambda: artifacts.log_full(search.build_model(cfg, ds), ds, run, tracker.experiment_id)))
+            best.append(timed(lambda: artifacts.log_full(trial.build_model(cfg, ds), ds, run, tracker.experiment_id)))
     t, u = median(seconds["tracked"]), median(seconds["untracked"])
     tc, uc = median(cpu["tracked"]), median(cpu["untracked"])
     per_study = median(best) / spec.search.total_trials

@@ -1,4 +1,4 @@
-"""Pruning pays (issue 6, point 5): studies/vae_tuning.yaml with its pruner against the same
+"""Pruning pays: studies/vae_tuning.yaml with its pruner against the same
 study without pruning, same seeds.
 
     python benchmarks/bench_pruning.py                   # the study's pruner vs none (~20 min)

@@ -1,4 +1,4 @@
-"""Start-up time and memory (issue 6, point 7):
+"""Start-up time and memory:
 
     python benchmarks/bench_startup.py                # import + --help times (~30 s)
     python benchmarks/bench_startup.py --flagship     # also the flagship study's peak RSS (~5+ min)

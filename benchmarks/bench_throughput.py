@@ -1,5 +1,5 @@
 """Training throughput of vaebench.train.fit() against a bare loop and the peers a user would
-pick instead (issue 6, points 1 and 2):
+pick instead:
 
     python benchmarks/bench_throughput.py                 # all models, batch 64 and 256
     python benchmarks/bench_throughput.py --archs tutorial_mlp --batches 64 --repeats 3
@@ -329,7 +329,7 @@ COLUMNS = [("arch", "model", ""), ("batch", "batch", "d"), ("bare_sps", "bare", 
 
 
 def check(rows: list[dict[str, object]]) -> dict[str, bool]:
-    """The issue's targets, each only where its contender was measured (no PASS by absence)."""
+    """The targets, each only where its contender was measured (no PASS by absence)."""
     targets = {"fit >= 0.95x bare": ("vs_bare", lambda v: v >= 0.95),
                "fit >= 1.3x pythae": ("vs_pythae", lambda v: v >= 1.3),
                "fit > tutorial": ("vs_tutorial", lambda v: v > 1.0)}
@@ -345,7 +345,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: on 2 shared cores, 2 threads measure the "
                              "neighbours' load more than the code); 0 keeps torch's default")
-    parser.add_argument("--no-peers", action="store_true", help="only bare vs vaebench (point 1)")
+    parser.add_argument("--no-peers", action="store_true", help="only bare vs vaebench")
     parser.add_argument("--skip-validation", action="store_true",
                         help="diagnostic: fit without its per-epoch validation pass, which the bare loop does not "
                              "have (its time is never counted; this shows its effect on the steps after it); "

@@ -1,4 +1,4 @@
-"""Two worker processes against one on the same fixed study (issue 6, point 6):
+"""Two worker processes against one on the same fixed study:
 
     python benchmarks/bench_workers.py                  # 3 repeats of each setting (~5 min)
 

@@ -1,15 +1,13 @@
-"""Shared fixtures: one real smoke study, run once per session through the CLI."""
+"""Shared fixtures: a real smoke study run once per session through the CLI, an empty MLflow
+store to copy, and a temp current folder. Tests that need a subprocess are marked `slow`."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
 CALL_REPORT = pytest.StashKey[pytest.TestReport]()  # a test's outcome, for fixtures that keep evidence of failures
 
 
@@ -21,20 +19,48 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
     return report
 
 
-def vaebench(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m vaebench ARGS` in `cwd`, as a user would run it (no MLflow env overrides)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["PYTHONPATH"] = str(REPO)
-    return subprocess.run([sys.executable, "-m", "vaebench", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test on the session's smoke study waits for a real `vaebench run` process: slow."""
+    for item in items:
+        if "smoke" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder in which `vaebench run --study smoke` has finished (2 betas x 2 seeds), with
     the charts and MLflow model for the best trial only (the default, all, is tested apart)."""
+    from helpers import vaebench
+
     cwd = tmp_path_factory.mktemp("smoke")
     result = vaebench(cwd, "run", "--study", "smoke", "--no-progress", "--tensorboard", "tb", "--artifacts", "best")
     assert result.returncode == 0, result.stderr
     assert "leaderboard: results/smoke/leaderboard.csv" in result.stdout
     return cwd
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated mlflow.db: copied into a test folder, it spares each run the ~5 s
+    of MLflow's schema migrations. (The SQLite worker test starts from nothing on purpose.)"""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    with contextlib.chdir(path.parent):  # MLflow roots the Default experiment's artifacts here
+        MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temp current folder; MLflow's tracking URI and torch's threads (process-wide) are put
+    back afterwards."""
+    import mlflow
+    import torch
+
+    before = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    threads = torch.get_num_threads()
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    mlflow.set_tracking_uri(before)
+    torch.set_num_threads(threads)

@@ -26,9 +26,12 @@ import pandas as pd
 import pytest
 import requests
 from mlflow import MlflowClient
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-from test_workers import children_by_trial, finish, spawn, write_study
+from helpers import children_by_trial, finish, spawn, write_study
 from vaebench import report, search
+
+pytestmark = pytest.mark.slow  # a PostgreSQL server, an MLflow server and worker processes
 
 SKIP_REASON = "PostgreSQL server binaries not installed (apt-get install postgresql)"
 START_TIMEOUT_S = 90
@@ -195,7 +198,7 @@ def test_three_workers_one_killed_mid_trial_finish_exactly_n_trials(tmp_path: Pa
     assert len(complete) == total, [(t.number, t.state.name, t.user_attrs) for t in trials]
     dead = trials[killed]
     assert dead.state.name == "FAIL" and dead.user_attrs["failure_reason"] == f"worker died ({socket.gethostname()}/{pid})"
-    retry = [t for t in trials if t.system_attrs.get("failed_trial") == killed]
+    retry = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE" and retry[0].params == dead.params
     for trial in trials:  # any other trial that did not finish was one the study no longer needed
         if trial.state.name != "COMPLETE" and trial.number != killed:

@@ -23,7 +23,7 @@ import torch
 import torchvision.datasets
 import yaml
 
-from conftest import vaebench
+from helpers import vaebench
 from vaebench import data
 from vaebench.errors import InputError
 from vaebench.models.likelihoods import LIKELIHOODS
@@ -35,8 +35,10 @@ CIFAR_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache() -> Iterator[None]:
-    """Fake datasets must not linger in (or come from) the per-process cache."""
+def fresh_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Fake datasets must not linger in (or come from) the per-process cache, nor unpack
+    into the user's cache folder."""
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path_factory.mktemp("unpack-cache")))
     data.clear_cache()
     yield
     data.clear_cache()
@@ -114,12 +116,18 @@ def test_mnist_like_loads_official_test_split_and_carves_val_from_train(tmp_path
     assert data.load(name, seed=0, val_fraction=0.1, data_dir=str(tmp_path)) is ds  # cached
 
 
-def test_gzipped_files_as_downloaded_are_unpacked(tmp_path: Path) -> None:
-    write_mnist(tmp_path, gz=True)
-    ds = data.load("mnist", binarize="dynamic", data_dir=tmp_path)
-    assert len(ds.test) == N_TEST and ((ds.test.x == 0) | (ds.test.x == 1)).all()
-    raw = tmp_path / "MNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_FILES + tuple(f"{f}.gz" for f in IDX_FILES))
+def test_gzipped_files_are_read_in_place_and_nothing_is_written(tmp_path: Path) -> None:
+    arrays = write_mnist(tmp_path, gz=True)
+    before = sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
+    ds = data.load("mnist", binarize="none", data_dir=tmp_path)
+    assert torch.equal(ds.test.x, torch.from_numpy(arrays["t10k-images-idx3-ubyte"]).float().div(255).unsqueeze(1))
+    # a data folder may be a read-only shared mount: not a file added or touched
+    assert sorted((p.relative_to(tmp_path), p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
+    gz = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:-30])  # cut short, as a failed copy leaves it
+    data.clear_cache()
+    with pytest.raises(InputError, match="corrupt file .*train-images-idx3-ubyte.gz"):
+        data.load("mnist", data_dir=tmp_path)
 
 
 def test_data_folder_comes_from_the_environment_then_defaults_to_data(
@@ -276,12 +284,14 @@ def test_cifar10_loads_channels_first_with_the_official_test_split(
     with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:  # as downloaded: the archive only
         tar.add(tmp_path / "build" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
     accept_fake_cifar(tmp_path / "build", monkeypatch)
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))  # to look inside it
     ds = data.load("cifar10", val_fraction=0.2, data_dir=tmp_path)
     assert ds.input_shape == (3, 32, 32) and ds.n_classes == 10
     assert [len(ds.train), len(ds.val), len(ds.test)] == [40, 10, 10]
     assert torch.equal(ds.test.x, torch.from_numpy(images[50:]).float().div(255))  # R, G, B planes in order
     assert torch.equal(ds.test.y, torch.from_numpy(labels[50:]))
-    assert sorted(p.name for p in (tmp_path / "cifar-10-batches-py").iterdir()) == sorted(CIFAR_FILES)
+    assert not (tmp_path / "cifar-10-batches-py").exists()  # unpacked into the cache, not the data folder
+    assert sorted(p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()) == sorted(CIFAR_FILES)
 
 
 def test_datasets_without_files_need_no_folder(tmp_path: Path) -> None:
@@ -322,12 +332,12 @@ def test_discretized_logistic_scores_images_with_finite_gradients() -> None:
 def test_download_true_in_the_study_fetches_before_the_study_starts(tmp_path: Path, mirror: Path) -> None:
     """`dataset.download: true` (or `run --download`) reaches the check run before any store is
     opened; it is no trial parameter (workers with and without --download run the same trials)."""
-    from vaebench import cli, search
+    from vaebench import cli, trial
     from vaebench.config import StudySpec
 
     raw = {"name": "full", "dataset": {"name": "mnist", "download": True}, "search": {"space": {"seed": [0]}}}
     spec = StudySpec.model_validate(raw | {"search": {"sampler": "grid", "space": {"seed": [0]}}})
     assert "dataset.download" not in spec.with_params({"seed": 0}).flat()
-    search.check_data(spec, tmp_path / "full.yaml", str(tmp_path / "fresh"))
+    trial.check_data(spec, tmp_path / "full.yaml", str(tmp_path / "fresh"))
     assert sorted(p.name for p in (tmp_path / "fresh" / "MNIST" / "raw").iterdir()) == sorted(IDX_FILES)
     assert cli.build_parser().parse_args(["run", "--study", "full", "--download"]).download is True

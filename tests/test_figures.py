@@ -133,6 +133,11 @@ def test_metrics_vs_param_categorical_x(tmp_path, rng):
     open_png(figures.metrics_vs_param(x, means, ci, "objective", tmp_path / "m.png"))
 
 
+def test_budget_curve(tmp_path):
+    n = np.arange(1, 11)
+    open_png(figures.budget_curve(n, -100 - 5 / n, 2 / n, "val_elbo", tmp_path / "budget.png"))
+
+
 def test_units_of_metric_names():
     assert figures._unit("test_elbo") == "nats"
     assert figures._unit("train_samples_per_s") == "samples / s"

@@ -1,5 +1,5 @@
 """mlflow_view.py: the study's saved runs-page view and its link, from constructed studies;
-and the tracking functions that fill what the MLflow UI shows, on a real SQLite store."""
+and tracking_ui.py, which fills what the MLflow UI shows, on a real SQLite store."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from mlflow import MlflowClient
 
-from vaebench import mlflow_view, tracking
+import torch
+from mlflow.entities import Metric
+
+from vaebench import data, mlflow_view, tracking, tracking_ui
 from vaebench.config import StudySpec
 
 
@@ -31,7 +34,9 @@ BETA_SEED = {"model.beta": [0.5, 4.0], "seed": [0, 1, 2]}
 def store(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
     """One store for the module (creating one costs seconds); each test its own experiments."""
     tracking.quiet()
-    return MlflowClient(f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}")
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    tracking.resolve_tracking_uri(uri)  # log_model writes through MLflow's global URI, as in a study
+    return MlflowClient(uri)
 
 
 @pytest.fixture
@@ -135,7 +140,7 @@ def test_a_range_is_coloured_by_where_the_value_lies() -> None:
 def test_study_links_name_each_study_and_open_its_view_where_written(client: MlflowClient) -> None:
     tag = uuid.uuid4().hex
     with_view, without = client.create_experiment(f"{tag}-b"), client.create_experiment(f"{tag}-a")
-    assert tracking.save_view(client, with_view, study(BETA_SEED))
+    assert tracking_ui.save_view(tracking.StudyTracker(client, with_view, "b"), study(BETA_SEED))
     links = mlflow_view.study_links(client.tracking_uri, "http://127.0.0.1:5000")
     assert "Default" not in dict(links)
     assert [link for link in links if link[0].startswith(tag)] == [
@@ -144,43 +149,49 @@ def test_study_links_name_each_study_and_open_its_view_where_written(client: Mlf
     ]
 
 
-# -- what tracking.py writes for the UI -------------------------------------------------
+# -- what tracking_ui.py writes for the UI -------------------------------------------------
 
 def test_save_view_writes_the_tag_only_for_a_tested_version(client: MlflowClient) -> None:
     experiment = fresh(client)
-    assert not tracking.save_view(client, experiment, study(BETA_SEED), mlflow_version="3.18.0")
+    tracker = tracking.StudyTracker(client, experiment, "x")
+    assert not tracking_ui.save_view(tracker, study(BETA_SEED), mlflow_version="3.18.0")
     assert not any(k.startswith("mlflow.sharedViewState.") for k in client.get_experiment(experiment).tags)
-    assert tracking.save_view(client, experiment, study(BETA_SEED), mlflow_version="3.17.2")
+    assert tracking_ui.save_view(tracker, study(BETA_SEED), mlflow_version="3.17.2")
     value = client.get_experiment(experiment).tags["mlflow.sharedViewState." + mlflow_view.VIEW_KEY]
     assert json.loads(json.loads(value)["state"]) == mlflow_view.view_state(study(BETA_SEED))
 
 
 def test_log_dataset_records_the_fingerprint_source_shapes_and_context(client: MlflowClient) -> None:
-    run_id = client.create_run(fresh(client)).info.run_id
-    ref = tracking.log_dataset(client, run_id, "digits", "0123456789abcdef", "vaebench.data:digits",
-                               {"train": (1000, 1, 8, 8), "test": (200, 1, 8, 8)})
-    (logged,) = client.get_run(run_id).inputs.dataset_inputs
-    assert ref == tracking.DatasetRef("digits", "0123456789abcdef")
-    assert (logged.dataset.name, logged.dataset.digest) == ("digits", "0123456789abcdef")
+    ds = data.load("digits", seed=0)
+    run = tracking.TrialRun(client, client.create_run(fresh(client)).info.run_id)
+    assert tracking_ui.log_dataset(run, ds, "vaebench.data:digits") == ("digits", ds.fingerprint)
+    (logged,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("digits", ds.fingerprint)
     assert json.loads(logged.dataset.source) == {"uri": "vaebench.data:digits"}
-    assert json.loads(logged.dataset.profile) == {"train_shape": [1000, 1, 8, 8], "test_shape": [200, 1, 8, 8]}
+    assert json.loads(logged.dataset.profile) == {f"{s}_shape": list(ds.split(s).x.shape) for s in data.SPLITS}
     features = json.loads(json.loads(logged.dataset.schema)["mlflow_tensorspec"]["features"])
     assert features[0]["tensor-spec"]["shape"] == [-1, 1, 8, 8]
     assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
 
 
-def test_final_metrics_are_at_step_0_and_linked_to_the_model_and_dataset(client: MlflowClient) -> None:
+def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_dataset(client: MlflowClient) -> None:
+    ds = data.load("digits", seed=0)
     experiment = fresh(client)
-    run_id = client.create_run(experiment).info.run_id
-    model_id = tracking.create_model(client, experiment, run_id, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1})
-    ref = tracking.DatasetRef("digits", "0123456789abcdef")
-    tracking.log_final_metrics(client, run_id, {"test_elbo": -30.5, "test_kl": float("nan")}, model_id, ref)
-    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "test_elbo")] == [(0, -30.5)]
-    assert "test_kl" not in client.get_run(run_id).data.metrics  # not computed: left out, never NaN
-    model = client.get_logged_model(model_id)
-    assert (model.name, model.source_run_id, model.params) == ("t005-beta0p5-seed1", run_id, {"model.beta": "0.5", "seed": "1"})
-    assert [(m.key, m.value, m.step, m.dataset_name, m.dataset_digest) for m in model.metrics] == [
-        ("test_elbo", -30.5, 0, "digits", "0123456789abcdef")]
+    run = tracking.TrialRun(client, client.create_run(experiment).info.run_id)
+    tracking_ui.log_dataset(run, ds, "vaebench.data:digits")
+    run.log_metrics({"test_elbo": -40.0, "val_elbo": -41.0}, step=3)  # the last epoch
+    run.log_final({"test_elbo": -30.5, "test_kl": float("nan")})
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(3, -40.0), (0, -30.5)]
+    assert "test_kl" not in client.get_run(run.run_id).data.metrics  # not computed: left out, never NaN
+    run.log_model(torch.nn.Linear(2, 1), experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
+                  input_example=torch.zeros(1, 2).numpy(), pip_requirements=["torch"], serialization_format="pickle")
+    (model,) = client.search_logged_models([experiment])
+    assert (model.name, model.source_run_id, model.params) == ("t005-beta0p5-seed1", run.run_id, {"model.beta": "0.5", "seed": "1"})
+    linked = sorted((m.key, m.value, m.step, m.dataset_name, m.dataset_digest) for m in model.metrics)
+    assert linked == [("test_elbo", -40.0, 3, None, None), ("test_elbo", -30.5, 0, "digits", ds.fingerprint),
+                      ("val_elbo", -41.0, 3, None, None)]
+    # the run's own history is unchanged by the linking
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(3, -40.0), (0, -30.5)]
 
 
 @pytest.mark.parametrize(("number", "params", "name"), [
@@ -192,23 +203,22 @@ def test_final_metrics_are_at_step_0_and_linked_to_the_model_and_dataset(client:
 def test_logged_model_names_are_readable_and_accepted_by_mlflow(
     client: MlflowClient, number: int, params: dict[str, Any], name: str,
 ) -> None:
-    assert tracking.logged_model_name(number, params) == name
+    assert tracking_ui.logged_model_name(number, params) == name
     experiment = fresh(client)
-    run_id = client.create_run(experiment).info.run_id
-    assert client.get_logged_model(tracking.create_model(client, experiment, run_id, name, {})).name == name
+    assert client.create_logged_model(experiment, name=name).name == name
 
 
 def test_descriptions_of_experiment_trial_and_parent(client: MlflowClient) -> None:
     experiment = fresh(client)
-    tracking.describe_experiment(client, experiment, "two β values x two seeds")
+    tracking_ui.describe_experiment(tracking.StudyTracker(client, experiment, "x"), "two β values x two seeds")
     assert client.get_experiment(experiment).tags[tracking.NOTE] == "two β values x two seeds"
     best = client.create_run(experiment, run_name="t001 beta=4 seed=0").info.run_id
-    client.log_batch(best, metrics=[tracking.Metric(k, v, 0, 0) for k, v in
+    client.log_batch(best, metrics=[Metric(k, v, 0, 0) for k, v in
                                     {"val_elbo": -31.25, "test_elbo": -32.5, "test_recon": 30.0, "test_kl": 2.5, "train_loss": 9.0}.items()])
-    summary = tracking.trial_summary("t001 beta=4 seed=0", "val_elbo", {"val_elbo": -31.25, "test_elbo": -32.5}, mlflow_view.HEADLINE)
+    summary = tracking_ui.trial_summary("t001 beta=4 seed=0", "val_elbo", {"val_elbo": -31.25, "test_elbo": -32.5})
     assert summary == "t001 beta=4 seed=0: val_elbo -31.25, test_elbo -32.5"
     parent = client.create_run(experiment, tags={tracking.DESCRIPTION: "two β values"}).info.run_id
-    tracking.summarize_parent(client, parent, best, "val_elbo", mlflow_view.HEADLINE)
+    tracking_ui.summarize_parent(tracking.TrialRun(client, parent), best, "val_elbo")
     run = client.get_run(parent)
     assert run.data.metrics == {"val_elbo": -31.25, "test_elbo": -32.5, "test_recon": 30.0, "test_kl": 2.5}
     assert run.data.tags[tracking.NOTE] == (
@@ -217,6 +227,6 @@ def test_descriptions_of_experiment_trial_and_parent(client: MlflowClient) -> No
 
 
 def test_source_tags_fill_the_user_and_source_columns() -> None:
-    tags = tracking.source_tags()
+    tags = tracking_ui.source_tags()
     assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(tags)
     assert all(k.startswith(("mlflow.source.", "mlflow.user")) for k in tags)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from conftest import vaebench
+from helpers import vaebench
 from vaebench import report
 
 T_975_DF2 = 4.302653  # Student t quantile 0.975 with 2 degrees of freedom (statistical tables)
@@ -103,8 +103,9 @@ def test_report_references_only_files_that_exist(smoke: Path) -> None:
     for link in links:
         assert (folder / link).is_file(), link
     assert (folder / "figures" / "optuna" / "optimization_history.html").is_file()
-    for heading in ("## Settings", "## Leaderboard", "## Best configuration", "## Environment", "## Reproduce"):
-        assert heading in text
+    for heading in ("## Settings", "## Leaderboard", "## Best configuration", "## Budget", "## Environment",
+                    "## Reproduce"):
+        assert text.count(f"\n{heading}\n") == 1, heading
     assert "python -m vaebench run --study" in text and "dataset fingerprint" in text
 
 
@@ -152,10 +153,20 @@ def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("pairs").experiment_id], "tags.`vaebench.role` = 'trial'")
     assert len(runs) == 4
-    for run in runs:  # by default every trial gets the charts and its MLflow model
+    best = max(runs, key=lambda r: r.data.metrics["val_elbo"])
+    for run in runs:  # by default every trial gets the charts and its MLflow model (the best: standalone)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"latent_pca.png", "traversals.png", "kl_per_dim.png", "weights"} <= artifacts
         assert run.data.tags["vaebench.model_uri"].startswith("models:/")
+        assert run.data.tags["vaebench.model_format"] == ("pt2" if run is best else "pickle")
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    other = next(r for r in runs if r is not best)
+    model = mlflow.pytorch.load_model(other.data.tags["vaebench.model_uri"])  # the pickled model loads back
+    x = torch.zeros(2, 1, 8, 8)
+    assert model(x).shape == x.shape
     assert folder.is_dir() and (folder / "figures" / "metrics_vs_objective.png").is_file()
     assert (folder / "figures" / "rate_distortion.png").is_file()  # coloured by configuration
     assert "model.c_max" not in (folder / "report.md").read_text().split("fixed settings")[1].split("\n")[0]

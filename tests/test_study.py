@@ -5,6 +5,8 @@ default store in the current folder); the tests then read what landed.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 
 import optuna
@@ -13,7 +15,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from conftest import REPO, vaebench
+from helpers import REPO, vaebench
+
 REQUIRED_METRICS = {
     "train_loss", "val_elbo", "val_recon", "val_kl", "test_elbo", "test_recon", "test_kl",
     "test_nmi", "test_ari", "test_cluster_acc", "test_silhouette", "test_probe_acc",
@@ -140,6 +143,23 @@ def test_leaderboard_command_rebuilds_the_same_csvs(smoke: Path) -> None:
         result = vaebench(smoke, "leaderboard", "--study", "smoke", "--out", str(out), *extra)
         assert result.returncode == 0, result.stderr
         assert pd.read_csv(out).equals(pd.read_csv(smoke / "results" / "smoke" / name))
+
+
+def test_leaderboard_and_report_take_the_study_file_run_takes(smoke: Path, folder: Path) -> None:
+    """A YAML path means the study its `name:` gives, wherever the file is and whatever it is called."""
+    from vaebench import cli
+
+    study_file = folder / "renamed.yaml"
+    study_file.write_text((REPO / "studies" / "smoke.yaml").read_text())
+    store = ["--tracking-uri", f"sqlite:///{smoke / 'mlflow.db'}"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["leaderboard", "--study", str(study_file), "--out", "board.csv", *store]) == 0
+        assert cli.main(["report", "--study", "renamed.yaml", "--results", "out", *store]) == 0
+        assert cli.main(["leaderboard", "--study", "renamed.yaml", *store]) == 0
+    expected = pd.read_csv(smoke / "results" / "smoke" / "leaderboard.csv")
+    assert pd.read_csv(folder / "board.csv").equals(expected)
+    assert pd.read_csv(folder / "out" / "smoke" / "leaderboard.csv").equals(expected)
+    assert pd.read_csv(folder / "results" / "smoke" / "leaderboard.csv").equals(expected)
 
 
 def test_tensorboard_event_files(smoke: Path) -> None:

@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["config", "data", "metrics", "models", "report", "search", "tracking", "train"]
+__all__ = ["config", "data", "metrics", "models", "report", "search", "stores", "tracking", "train", "trial"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """`python -m vaebench` / `vaebench`: run, list, leaderboard, report, ui.
 
-A thin shell over config, search, report. Heavy libraries (torch, MLflow, Optuna) are
+A thin shell over config, trial, search, report. Heavy libraries (torch, MLflow, Optuna) are
 imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
 stderr and exit code 2, with nothing written.
 """
@@ -13,9 +13,12 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vaebench.errors import InputError
+
+if TYPE_CHECKING:
+    from vaebench.config import StudySpec
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -53,6 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="which trials get the charts and the MLflow model (default all; best: only the "
                           "study's best trial, at the end, which saves ~0.35 s a trial; every trial keeps "
                           "its image grids and weights)")
+    run.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                     help="folder for running trials' checkpoints, shared by all workers (default: "
+                          "checkpoints/ beside a local Optuna storage file, else ./checkpoints)")
+    run.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                     help="checkpoint every N epochs (default 1)")
+    run.add_argument("--checkpoint-min-seconds", type=float, default=30.0, metavar="S",
+                     help="skip an epoch's checkpoint when the last one is less than S seconds old "
+                          "(default 30: short epochs are cheaper to redo than to save; 0: every N-th epoch)")
+    run.add_argument("--checkpoint-minutes", type=float, default=None, metavar="M",
+                     help="also checkpoint inside an epoch once M minutes passed since the last one")
+    run.add_argument("--keep-checkpoints", action="store_true",
+                     help="keep the checkpoints of finished trials (default: removed)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
@@ -91,31 +106,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: must be at least 1")
+    if args.checkpoint_every < 1:
+        raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
+    if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
+        raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
+    if not 0 <= args.checkpoint_min_seconds < float("inf"):
+        raise InputError(f"--checkpoint-min-seconds {args.checkpoint_min_seconds}: must be 0 or more")
+    check_devices(spec, path, args.device)
     if args.device:
-        from vaebench.train import resolve_device
-
-        try:
-            resolve_device(args.device)
-        except (ValueError, RuntimeError) as exc:
-            raise InputError(f"--device {args.device}: {exc}") from None
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import report, search, tracking
+    from vaebench import board, checkpoint, report, search, stores, tracking, trial
     from vaebench.progress import ProgressBar
 
-    if args.tensorboard and not tracking.tensorboard_available():
+    if args.tensorboard and not board.tensorboard_available():
         raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
 
     tracking.quiet()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     search.check_storage(args.storage)
     tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
-    search.check_data(spec, path, args.data_dir)
+    trial.check_data(spec, path, args.data_dir)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
+    ckpt_folder = search.checkpoint_folder(args.storage, spec.name, args.checkpoint_dir)
+    if args.checkpoint_dir:
+        stores.check_file_location(Path(args.checkpoint_dir) / "x", f"--checkpoint-dir {args.checkpoint_dir}")
+    ckpt_options = checkpoint.Options(ckpt_folder, args.checkpoint_every, args.checkpoint_minutes,
+                                      args.checkpoint_min_seconds, args.keep_checkpoints)
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
     with _graceful_sigint(stop):
@@ -123,18 +144,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
-                                      artifacts_mode=args.artifacts)
+                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
-              f"(Optuna storage {tracking.redact(args.storage)}, study '{spec.name}')")
-        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {tracking.redact(tracking_uri)}")
+              f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}")
         print(f"compare in MLflow: `vaebench ui` in this folder, then {ui_link(result.experiment_id)}")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
             return 130 if result.interrupted else 1
         if result.failures:
-            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag vaebench.failure_reason in MLflow)",
+            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag {tracking.REASON} in MLflow)",
                   file=sys.stderr)
         try:
             folder = report.write_report(tracking_uri, spec.name, Path(args.results))
@@ -146,6 +167,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             print("vaebench: interrupted; run the same command again to resume", file=sys.stderr)
             return 130
     return 0
+
+
+def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
+    """Every device the study can run on must exist on this machine: the flag's (else the
+    file's `device:`) and any `search.space.device` choice."""
+    from vaebench.validate import device_problem, shown
+
+    if flag is not None and (problem := device_problem(flag)):
+        raise InputError(f"--device {flag}: {problem}")
+    base = [] if flag is not None else [("device", spec.device)]
+    choices = [(f"search.space.device = {shown(v)}", v) for v in spec.search.space.get("device", [])]
+    for where, name in base + choices:
+        if problem := device_problem(name):
+            raise InputError(f"{path}: {where}: {problem}")
 
 
 def failure_summary(failures: dict[int, str]) -> str:
@@ -192,12 +227,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def study_name(study: str) -> str:
+    """The study a --study argument names: a YAML path means its `name:`, anything else is the name."""
+    if Path(study).suffix.lower() not in (".yaml", ".yml"):
+        return study
+    from vaebench.config import load_study
+
+    spec, _ = load_study(study)
+    return spec.name
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
+    from vaebench.validate import safe_child
 
+    name = study_name(args.study)
+    out = Path(args.out) if args.out else safe_child(Path("results"), name) / "leaderboard.csv"
     tracking.quiet()
-    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), args.study, args.per_trial)
-    out = Path(args.out) if args.out else Path("results") / args.study / "leaderboard.csv"
+    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), name, args.per_trial)
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
     return 0
@@ -206,8 +253,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from vaebench import report, tracking
 
+    name = study_name(args.study)
     tracking.quiet()
-    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), args.study, Path(args.results))
+    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), name, Path(args.results))
     print(f"report: {folder / 'report.md'}")
     return 0
 
@@ -258,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)
-        message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(exc))
-        print(f"vaebench: error: {message}", file=sys.stderr)
+        print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)

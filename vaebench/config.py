@@ -2,26 +2,34 @@
 
 Everything a trial needs is in its TrialConfig, so the same config and seed always rebuild
 the same run. Validation happens before anything is written: a bad file is reported as
-`file: field: problem` and the CLI exits 2.
+`file: field: problem` and the CLI exits 2. Field types live here; checks they cannot
+express (names, devices, every point of the search space) in validate.py; the strict YAML
+loader and messages in the file's own keys in studyfile.py.
 """
 from __future__ import annotations
 
 import copy
 import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vaebench import schedules, validate
 from vaebench.errors import InputError
+from vaebench.studyfile import StudyLoader, format_validation_error
+from vaebench.validate import SettingError, shown
 
-STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent.parent / "studies")
+STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent / "studies")  # ./studies, then the shipped ones
 
 Scalar = bool | int | float | str
 # A list is one choice (hidden widths [512, 256]); a mapping sets several keys of a section
 # together ({objective: beta_tcvae, beta: 6} under `model`), for settings that go in pairs.
 Choice = Scalar | list[Scalar] | dict[str, Scalar]
+Seed = Annotated[int, Field(ge=0, lt=validate.SEED_LIMIT)]
+Width = Annotated[int, Field(ge=1)]
+Device = Annotated[str, AfterValidator(validate.check_device_name)]
 
 
 def choice_label(value: Choice) -> Scalar:
@@ -33,18 +41,28 @@ def choice_label(value: Choice) -> Scalar:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DatasetSpec(_Strict):
     name: str = "mnist5k"
     binarize: Literal["none", "static", "dynamic"] = "none"
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    val_fraction: float = Field(0.1, ge=0, lt=0.5, description="0: no validation split (train on all of it)")
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    seed: int = Field(0, ge=0, description="split seed: fixed per study, so trial seeds vary only training")
+    seed: Seed = Field(0, description="split seed: fixed per study, so trial seeds vary only training")
     # How to get the files, not which data: kept out of dumps, so it is neither a trial's
     # param in MLflow nor a difference between the trials of workers started with --download.
     download: bool = Field(False, exclude=True, description="fetch a torchvision dataset missing from the data folder")
+
+    @field_validator("val_fraction", "test_fraction")
+    @classmethod
+    def _holds_examples(cls, value: float, info: Any) -> float:
+        """A split must hold examples of every class: a positive fraction below MIN_FRACTION
+        would hold none on most datasets (a validation split can be left out with 0)."""
+        if 0 < value < validate.MIN_FRACTION:
+            hint = "use 0 for no validation split, or " if info.field_name == "val_fraction" else "use "
+            raise ValueError(f"{value} would hold almost no examples: {hint}at least {validate.MIN_FRACTION}")
+        return value
 
     @model_validator(mode="after")
     def _known(self) -> DatasetSpec:
@@ -66,8 +84,9 @@ class ModelSpec(_Strict):
     c_max: float | None = Field(None, ge=0, description="annealed_vae: final capacity C in nats")
     c_steps: int | None = Field(None, ge=1, description="annealed_vae: steps over which C rises from 0 to c_max")
     k: int | None = Field(None, ge=1, description="iwae: importance samples per example in training")
-    hidden: int | tuple[int, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
-    channels: tuple[int, ...] | None = None
+    hidden: Width | tuple[Width, ...] | None = Field(None, description="mlp: widths of the hidden stack; conv: one width")
+    channels: Annotated[tuple[Width, ...], Field(min_length=1)] | None = None
+    activation: str | None = Field(None, description="mlp, conv: hidden-unit nonlinearity (relu unless set)")
 
     def hparams(self) -> dict[str, Any]:
         """Architecture and objective hyper-parameters that were set (None = the default)."""
@@ -85,6 +104,8 @@ class ModelSpec(_Strict):
         ):
             if name not in known:
                 raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        if self.activation is not None and self.activation not in models.ACTIVATIONS:
+            raise ValueError(f"activation: unknown {self.activation!r}; known: {', '.join(sorted(models.ACTIVATIONS))}")
         defaults = models.arch_hparams(self.arch) | models.objective_hparams(self.objective)
         for key, value in self.hparams().items():
             if key not in defaults:
@@ -98,17 +119,54 @@ class ModelSpec(_Strict):
         return self
 
 
+class ScheduleSpec(_Strict):
+    """A learning-rate schedule from vaebench.schedules and the parameters that were set."""
+
+    name: str = "constant"
+    stages: int | None = Field(None, ge=1, description="staged: number of stages i = 0, 1, ...")
+    growth: int | None = Field(None, ge=1, description="staged: stage i lasts growth**i epochs")
+    decay: float | None = Field(None, gt=0, le=1, description="staged: stage i runs at lr * decay**i")
+
+    def params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"name"}).items() if v is not None}
+
+    def build(self, lr: float) -> schedules.Schedule:
+        return schedules.build(self.name, lr, **self.params())
+
+    @model_validator(mode="after")
+    def _known(self) -> ScheduleSpec:
+        self.build(1.0)  # unknown names and parameters raise ValueError here
+        return self
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     lr: float = Field(1e-3, gt=0)
+    adam_eps: float = Field(1e-8, gt=0, description="Adam's epsilon (1e-4 in the IWAE paper)")
+    schedule: ScheduleSpec = ScheduleSpec()
     grad_clip: float | None = Field(None, gt=0)
     kl_warmup_epochs: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _within_schedule(self) -> TrainSpec:
+        total = self.schedule.build(self.lr).total_epochs
+        if total is not None and self.epochs > total:
+            raise ValueError(f"epochs: {self.epochs} is past the end of the {self.schedule.name} schedule ({total} epochs)")
+        return self
 
 
 class EvalSpec(_Strict):
     batch_size: int = Field(1024, ge=1)
     iwae_k: int = Field(0, ge=0, description="importance samples for test_iwae_ll; 0 = off")
+    stage_points: int = Field(0, ge=0, description="test_iwae_ll_subset on the first N test examples at the end "
+                                                   "of every schedule stage (needs iwae_k); 0 = off")
+
+    @model_validator(mode="after")
+    def _stage_needs_k(self) -> EvalSpec:
+        if self.stage_points and not self.iwae_k:
+            raise ValueError("stage_points: needs iwae_k, the importance samples of test_iwae_ll_subset")
+        return self
 
 
 class Range(_Strict):
@@ -125,6 +183,8 @@ class Range(_Strict):
             raise ValueError(f"low ({self.low}) must be below high ({self.high})")
         if self.log and self.low <= 0:
             raise ValueError("a log range needs low > 0")
+        if self.type == "int" and not (self.low.is_integer() and self.high.is_integer()):
+            raise ValueError(f"an int range needs whole numbers, not low {self.low} and high {self.high}")
         return self
 
 
@@ -142,17 +202,18 @@ class SearchSpec(_Strict):
             raise ValueError("the search space is empty")
         for key, dom in self.space.items():
             if isinstance(dom, list) and not dom:
-                raise ValueError(f"space.{key}: no values to choose from")
+                raise SettingError(f"search.space.{key}", "no values to choose from")
         if self.sampler == "grid":
             ranges = [k for k, d in self.space.items() if isinstance(d, Range)]
             if ranges:
-                raise ValueError(f"space.{ranges[0]}: the grid sampler needs a list of values, not a range")
+                raise SettingError(f"search.space.{ranges[0]}", "the grid sampler needs a list of values, not a range")
+            if self.grid_size() > validate.MAX_GRID:
+                raise SettingError("search.space", f"the grid has {self.grid_size()} points (at most {validate.MAX_GRID})")
             if self.n_trials is not None and self.n_trials != self.grid_size():
-                raise ValueError(f"n_trials: {self.n_trials} but the grid has {self.grid_size()} points")
+                raise SettingError("search.n_trials", f"{self.n_trials} but the grid has {self.grid_size()} points")
         elif self.n_trials is None:
-            raise ValueError(f"n_trials: required with the {self.sampler} sampler")
-        if not self.objective.startswith(("val_", "train_")):
-            raise ValueError(f"objective: {self.objective!r} must be a val_ or train_ metric (test is never optimised)")
+            raise SettingError("search.n_trials", f"required with the {self.sampler} sampler")
+        validate.check_objective_metric(self.objective)
         return self
 
     def choices(self, key: str) -> dict[Scalar, Choice]:
@@ -172,10 +233,10 @@ class SearchSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: Annotated[str, AfterValidator(validate.check_name)]
     description: str = ""
-    seed: int = Field(0, ge=0)
-    device: str = "cpu"
+    seed: Seed = 0
+    device: Device = "cpu"
     dataset: DatasetSpec = DatasetSpec()
     model: ModelSpec = ModelSpec()
     train: TrainSpec = TrainSpec()
@@ -184,18 +245,36 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _space_values_valid(self) -> StudySpec:
-        """Every value the search can pick must make a valid trial: check them all now."""
-        for key, dom in self.search.space.items():
-            values = dom if isinstance(dom, list) else [dom.low, dom.high]
-            for value in values:
-                try:
-                    self.with_params({key: value})
-                except ValidationError as exc:
-                    raise ValueError(f"search.space.{key} = {value!r}: {format_validation_error(exc)}") from None
+        """Every point the search can reach must make a valid trial that reports the metric it
+        optimises: check them now (validate.check_space says which points)."""
+        from vaebench.models.objectives import DETERMINISTIC_OBJECTIVES
+
+        metric = self.search.objective
+
+        def resolve(params: dict[str, Any]) -> dict[str, Any]:
+            where = "search.space." + " with ".join(f"{k} = {shown(v)}" for k, v in params.items())
+            tree = self.trial_tree(params)
+            try:
+                cfg = TrialConfig.model_validate(tree)
+            except ValidationError as exc:
+                raise SettingError(where, format_validation_error(exc, tree)) from None
+            has_val = cfg.dataset.val_fraction > 0
+            if metric not in validate.epoch_metrics(cfg.model.objective not in DETERMINISTIC_OBJECTIVES, has_val):
+                why = (f"objective {cfg.model.objective!r}" if has_val else
+                       "a study without a validation split (dataset.val_fraction 0): optimise a train_ metric such "
+                       "as train_loss (direction minimize), or set a val_fraction")
+                raise SettingError("search.objective", f"{metric!r} is not reported by {why} ({where})")
+            return cfg.flat()
+
+        validate.check_space(self.search.space, resolve)
         return self
 
     def with_params(self, params: dict[str, Any]) -> TrialConfig:
         """This study's settings with sampled values set at their dotted keys."""
+        return TrialConfig.model_validate(self.trial_tree(params))
+
+    def trial_tree(self, params: dict[str, Any]) -> dict[str, Any]:
+        """This study's settings (without search) as a tree, `params` set at their dotted keys."""
         tree = self.model_dump(exclude={"search"})
         for key, value in params.items():
             *parents, leaf = key.split(".")
@@ -212,7 +291,7 @@ class StudySpec(_Strict):
                 node[leaf] = node[leaf] | value
             else:
                 node[leaf] = value
-        return TrialConfig.model_validate(tree)
+        return tree
 
 
 class TrialConfig(_Strict):
@@ -220,8 +299,8 @@ class TrialConfig(_Strict):
 
     name: str
     description: str = ""
-    seed: int
-    device: str
+    seed: Seed
+    device: Device
     dataset: DatasetSpec
     model: ModelSpec
     train: TrainSpec
@@ -261,7 +340,7 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
     """Read and validate a study file; any problem becomes one InputError line."""
     path = find_study(study)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), StudyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -270,18 +349,12 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
         raise InputError(f"{path}: cannot read ({exc})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a study file must be a mapping of settings")
-    raw.setdefault("name", path.stem)
+    if "name" not in raw:
+        try:
+            raw["name"] = validate.check_name(path.stem)
+        except ValueError as exc:
+            raise InputError(f"{path}: name: {exc} (it comes from the file name: set `name:` in the file)") from None
     try:
         return StudySpec.model_validate(raw), path
     except ValidationError as exc:
-        raise InputError(f"{path}: {format_validation_error(exc)}") from None
-
-
-def format_validation_error(exc: ValidationError) -> str:
-    """The first problem as `field.path: message` (pydantic's own words, trimmed)."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown setting"
-    return f"{loc}: {msg}" if loc else msg
+        raise InputError(f"{path}: {format_validation_error(exc, raw)}") from None

@@ -10,9 +10,11 @@ A loader returns the whole dataset once (`RawData`); `load` splits, binarizes an
 New datasets are added with `@register("name")` and need no change here.
 
 Embedded datasets (`digits`, `mnist5k`, `dsprites`) need no files. The full `mnist`,
-`fashion_mnist`, `kmnist` and `cifar10` are read through torchvision from a data folder
-(`data_dir`, else $VAEBENCH_DATA, else ./data), downloaded only when asked; their official
-test split is the test split and validation is carved from the official training split.
+`fashion_mnist`, `kmnist` and `cifar10` are read from a data folder (`data_dir`, else
+$VAEBENCH_DATA, else ./data) in torchvision's layout, downloaded only when asked. The folder
+may be read-only: idx files are read in place, gzipped or not, and CIFAR's archive is unpacked
+into a cache folder. Their official test split is the test split; validation is carved from
+the official training split (`val_fraction: 0` trains on all of it).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ import gzip
 import hashlib
 import math
 import os
-import shutil
 import struct
 import tarfile
 import tempfile
@@ -40,6 +41,7 @@ from vaebench.errors import InputError
 
 SPLITS = ("train", "val", "test")
 DATA_DIR_ENV = "VAEBENCH_DATA"
+CACHE_ENV = "VAEBENCH_CACHE"
 DEFAULT_DATA_DIR = Path("data")  # where file-based datasets live when neither data_dir nor $VAEBENCH_DATA is set
 
 # Independent random streams derived from the user's seed, one per purpose, so that
@@ -147,8 +149,15 @@ class FileSet:
     idx: bool = False  # MNIST's idx format; each file may also be there as FILE.gz (as downloaded)
     archive: str | None = None  # an archive in the data folder that unpacks into `folder`
 
+    def path(self, root: Path, name: str) -> Path:
+        """The file `name` as it is on disk: FILE, else FILE.gz for idx datasets."""
+        plain = root / self.folder / name
+        if self.idx and not plain.is_file() and plain.with_name(f"{name}.gz").is_file():
+            return plain.with_name(f"{name}.gz")
+        return plain
+
     def missing(self, root: Path) -> list[str]:
-        return [f for f in self.files if not (root / self.folder / f).is_file()]
+        return [f for f in self.files if not self.path(root, f).is_file()]
 
     def expected(self, root: Path) -> str:
         """`missing files in FOLDER: a, b (or ...)`: what the user must provide."""
@@ -170,29 +179,38 @@ FILES: dict[str, FileSet] = {
 }
 
 
+def cache_dir() -> Path:
+    """Where archives from a data folder are unpacked: $VAEBENCH_CACHE, else
+    $XDG_CACHE_HOME/vaebench, else ~/.cache/vaebench. A data folder may be a read-only shared
+    mount, so nothing is ever written into it except a download that was asked for."""
+    chosen = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vaebench"
+    return Path(chosen).expanduser().resolve()
+
+
+def _unpacked_root(files: FileSet, root: Path) -> Path:
+    """The cache folder an archive of `root` unpacks into (one per data folder)."""
+    return cache_dir() / hashlib.sha256(str(root).encode()).hexdigest()[:12]
+
+
 def _reason(exc: BaseException) -> str:
     """The last line of an error, where torchvision puts the cause (`urlopen error ...`)."""
     lines = [line.strip(" <>") for line in str(exc).splitlines() if line.strip()]
     return (lines[-1] if lines else type(exc).__name__)[:300]
 
 
-def _unpack_local(files: FileSet, root: Path) -> None:
-    """Unpack what is already there (FILE.gz beside FILE, or the dataset's archive) into the
-    missing files. Each file is written under a temporary name and renamed, so a worker
-    beside this one never reads half a file."""
-    target = root / files.folder
-    if files.idx:
-        for name in files.missing(root):
-            if (target / f"{name}.gz").is_file():
-                with tempfile.TemporaryDirectory(dir=target, prefix=".vaebench-unpack-") as tmp:
-                    with gzip.open(target / f"{name}.gz", "rb") as src, open(Path(tmp) / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-                    os.replace(Path(tmp) / name, target / name)
-    if files.archive and files.missing(root) and (root / files.archive).is_file():
-        with tempfile.TemporaryDirectory(dir=root, prefix=".vaebench-unpack-") as tmp:
-            with tarfile.open(root / files.archive) as tar:
-                tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-            _move_missing(files, Path(tmp), root)
+def _unpack_archive(files: FileSet, root: Path) -> Path:
+    """Unpack the dataset's archive from the data folder into the cache (once); return the
+    folder that then holds the files. Written under a temporary name and renamed, so a
+    worker beside this one never reads half a file."""
+    target = _unpacked_root(files, root)
+    if not files.missing(target):
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".vaebench-unpack-") as tmp:
+        with tarfile.open(root / files.archive) as tar:  # type: ignore[operator]
+            tar.extractall(tmp, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+        _move_missing(files, Path(tmp), target)
+    return target
 
 
 def _move_missing(files: FileSet, source: Path, root: Path) -> None:
@@ -217,18 +235,46 @@ def _download(name: str, files: FileSet, root: Path) -> None:
         _move_missing(files, Path(tmp), root)
 
 
-def _idx_problem(path: Path) -> str | None:
-    """Why an idx file (MNIST's format: big-endian header, then unsigned bytes) is unusable."""
-    with path.open("rb") as f:
-        head = f.read(4)
-        if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
-            return "not an idx file of unsigned bytes"
-        dims = f.read(4 * head[3])
+def _open(path: Path) -> Any:
+    """A binary file, read through gzip when it is FILE.gz."""
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+def _idx_header(f: Any) -> tuple[int, ...] | str:
+    """The dimensions of an idx file of unsigned bytes, or why it is not one."""
+    head = f.read(4)
+    if len(head) < 4 or head[:3] != b"\x00\x00\x08" or not 1 <= head[3] <= 3:
+        return "not an idx file of unsigned bytes"
+    dims = f.read(4 * head[3])
     if len(dims) < 4 * head[3]:
         return "truncated header"
-    expected = 4 + len(dims) + math.prod(struct.unpack(f">{head[3]}I", dims))
+    return struct.unpack(f">{head[3]}I", dims)
+
+
+def _idx_problem(path: Path) -> str | None:
+    """Why an idx file (MNIST's format: big-endian header, then unsigned bytes) is unusable."""
+    try:
+        with _open(path) as f:
+            dims = _idx_header(f)
+            if isinstance(dims, str):
+                return dims
+            if path.suffix == ".gz":  # the size on disk says nothing: count the bytes
+                size, expected = sum(len(b) for b in iter(lambda: f.read(1 << 20), b"")), math.prod(dims)
+                return None if size == expected else f"{size} data bytes where its header promises {expected}: truncated?"
+    except (OSError, EOFError) as exc:  # gzip: not a gzip file, or cut short
+        return f"unreadable ({_reason(exc)})"
+    expected = 4 + 4 * len(dims) + math.prod(dims)
     size = path.stat().st_size
     return None if size == expected else f"{size} bytes where its header promises {expected}: truncated?"
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file (or its .gz) as a uint8 array of the shape its header gives."""
+    with _open(path) as f:
+        dims = _idx_header(f)
+        if isinstance(dims, str):
+            raise ValueError(f"{path}: {dims}")
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(dims)
 
 
 def _corrupt(files: FileSet, root: Path) -> str | None:
@@ -242,7 +288,7 @@ def _corrupt(files: FileSet, root: Path) -> str | None:
     if hasattr(cls, "meta"):
         md5[cls.meta["filename"]] = cls.meta["md5"]
     for name in files.files:
-        path = root / files.folder / name
+        path = files.path(root, name)
         problem = _idx_problem(path) if files.idx else None
         if problem is None and name in md5 and not check_integrity(str(path), md5[name]):
             problem = "md5 differs from the published one"
@@ -251,54 +297,68 @@ def _corrupt(files: FileSet, root: Path) -> str | None:
     return None
 
 
-def check_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> None:
-    """Make sure `name` can be loaded from the data folder, before a study starts: unpack a
-    local FILE.gz or archive, download when asked, and check that no file is truncated or
-    corrupt. InputError (one line naming the folder and the files) if not. Datasets that are
-    not read from files pass."""
+def check_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> Path | None:
+    """Make sure `name` can be loaded, before a study starts: idx files are read as they are
+    (FILE or FILE.gz), an archive is unpacked into the cache, a download happens only when
+    asked, and no file may be truncated or corrupt. Returns the folder to read the files from
+    (None for datasets not read from files). InputError (one line naming the folder and the
+    files) if not."""
     _check_dataset(name)
     files = FILES.get(name)
     if files is None:
-        return
+        return None
     root = _resolve_data_dir(data_dir, name)
+    assert root is not None
+    source = root
     try:
-        if files.missing(root):
-            _unpack_local(files, root)
         if files.missing(root) and download:
             _download(name, files, root)
-    except (OSError, EOFError, tarfile.TarError) as exc:  # a bad .gz or archive, a read-only folder
-        raise InputError(f"{name}: cannot unpack into {root} ({_reason(exc)})") from None
-    if files.missing(root):
+        if files.missing(root) and files.archive and (root / files.archive).is_file():
+            source = _unpack_archive(files, root)
+    except (OSError, EOFError, tarfile.TarError) as exc:  # a bad archive, a full or read-only cache
+        raise InputError(f"{name}: cannot unpack {root / str(files.archive)} into {cache_dir()} ({_reason(exc)})") from None
+    if files.missing(source):
         raise InputError(f"{name}: {files.expected(root)}; put them there, or set `dataset.download: true` "
                          f"in the study file (or pass --download)")
-    bad = _corrupt(files, root)
+    bad = _corrupt(files, source)
     if bad:
         raise InputError(f"{name}: corrupt file {bad}; delete it and download again (download: true) or replace it")
+    return source
 
 
 def _nchw(images: Any) -> np.ndarray:
-    """torchvision's uint8 images, (N, H, W) or (N, H, W, C), as an (N, C, H, W) view."""
+    """uint8 images, (N, H, W) or (N, H, W, C), as an (N, C, H, W) view."""
     arr = np.asarray(images)
     return arr[:, None] if arr.ndim == 3 else arr.transpose(0, 3, 1, 2)
 
 
-def _load_files(name: str, data_dir: Path | None) -> RawData:
-    """The official training then test split, read by torchvision, scaled to [0, 1] straight
-    into one float32 array (no intermediate float copy)."""
+def _read_parts(files: FileSet, source: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(images, labels) of the official training and test parts: idx files read directly
+    (no unpacking), the others through torchvision."""
+    if files.idx:
+        images = [read_idx(files.path(source, f"{part}-images-idx3-ubyte")) for part in ("train", "t10k")]
+        labels = [read_idx(files.path(source, f"{part}-labels-idx1-ubyte")).astype(np.int64) for part in ("train", "t10k")]
+        return [_nchw(i) for i in images], labels
     import torchvision.datasets
 
-    root = _resolve_data_dir(data_dir, name)
-    check_available(name, root)
-    files = FILES[name]
     cls = getattr(torchvision.datasets, files.torchvision_class)
+    parts = [cls(str(source), train=train, download=False) for train in (True, False)]
+    return [_nchw(p.data) for p in parts], [np.asarray(p.targets, dtype=np.int64) for p in parts]
+
+
+def _load_files(name: str, data_dir: Path | None) -> RawData:
+    """The official training then test split, scaled to [0, 1] straight into one float32
+    array (no intermediate float copy)."""
+    root = _resolve_data_dir(data_dir, name)
+    source = check_available(name, root)
+    assert source is not None
+    files = FILES[name]
     try:
-        parts = [cls(str(root), train=train, download=False) for train in (True, False)]
-        images = [_nchw(p.data) for p in parts]
-        labels = [np.asarray(p.targets, dtype=np.int64) for p in parts]
+        images, labels = _read_parts(files, source)
     except Exception as exc:  # noqa: BLE001 - a pickle or idx file that does not parse
-        raise InputError(f"{name}: cannot read {root / files.folder} ({_reason(exc)})") from None
+        raise InputError(f"{name}: cannot read {source / files.folder} ({_reason(exc)})") from None
     if any(len(i) != len(l) for i, l in zip(images, labels)):
-        raise InputError(f"{name}: {root / files.folder}: images and labels differ in number")
+        raise InputError(f"{name}: {source / files.folder}: images and labels differ in number")
     x = np.empty((sum(len(i) for i in images), *images[0].shape[1:]), dtype=np.float32)
     np.divide(images[0], np.float32(255), out=x[: len(images[0])], dtype=np.float32)
     np.divide(images[1], np.float32(255), out=x[len(images[0]):], dtype=np.float32)
@@ -375,6 +435,8 @@ def split_indices(
     else:
         test, rest = np.flatnonzero(is_test), np.flatnonzero(~is_test)
         n_val = round(val_fraction * len(rest))
+    if n_val == 0:  # no validation split: train on all of the rest
+        return {"train": rest, "val": rest[:0], "test": test}
     train, val = train_test_split(
         rest, test_size=n_val, stratify=y[rest], random_state=_derive_seed(seed, _VAL_STREAM)
     )
@@ -444,8 +506,8 @@ def load(
     """
     _check_dataset(name)
     _check_choice("binarize", binarize, BINARIZERS)
-    if not (0 < val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 < val_fraction, test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
+    if not (0 <= val_fraction and 0 < test_fraction and val_fraction + test_fraction < 1):
+        raise ValueError(f"need 0 <= val_fraction, 0 < test_fraction and their sum < 1, got {val_fraction}, {test_fraction}")
     folder = _resolve_data_dir(data_dir, name)
     if download:
         check_available(name, folder, download=True)

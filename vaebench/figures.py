@@ -339,6 +339,23 @@ def metrics_vs_param(
     return _save(fig, path)
 
 
+def budget_curve(n: np.ndarray, expected: np.ndarray, sd: np.ndarray, metric: str, path: Path) -> Path:
+    """Expected best `metric` against the number of trials, with a ±1 SD band."""
+    n, expected, sd = (np.asarray(a, dtype=float) for a in (n, expected, sd))
+    fig = Figure(figsize=(5.0, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(n, expected, color="tab:blue", marker="o", markersize=3, label="expected best")
+    ax.fill_between(n, expected - sd, expected + sd, color="tab:blue", alpha=0.2, linewidth=0, label="\u00b1 1 SD")
+    ax.set_xlabel("trials")
+    ax.set_ylabel(f"best {metric}" + (f" ({_unit(metric)})" if _unit(metric) else ""))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Expected best of n trials (Dodge et al. 2019)", fontsize=10)
+    return _save(fig, path)
+
+
 # --- Optuna study ---------------------------------------------------------------------------
 
 
@@ -389,7 +406,7 @@ def _optuna_pair(stem: str, plot: Callable[[object], object], folder: Path, inte
             plt.close(ax.figure)
     written = [png]
     try:
-        plot(optuna.visualization).write_html(html, include_plotlyjs="cdn")  # ~10 kB, not 4.8 MB: reports are committed
+        plot(optuna.visualization).write_html(html, include_plotlyjs="cdn")  # kilobytes, not megabytes: reports are committed
         written.append(html)
     except ImportError as err:
         warnings.warn(f"{html.name} not written: {err}", stacklevel=3)
@@ -399,8 +416,9 @@ def _optuna_pair(stem: str, plot: Callable[[object], object], folder: Path, inte
 def optuna_figures(study: optuna.Study, folder: Path, objective_name: str | None = None) -> list[Path]:
     """A study at a glance: optimization history and parameter importances, as PNG and HTML.
 
-    PNGs come from optuna.visualization.matplotlib, HTML (interactive, self-contained, about
-    5 MB each since plotly.js is inlined) from optuna.visualization. Importances are skipped
+    PNGs come from optuna.visualization.matplotlib, HTML (interactive) from
+    optuna.visualization; the HTML loads plotly.js from its CDN, so it stays small but needs
+    the network to display. Importances are skipped
     unless at least 2 trials completed and some parameter took more than one value. A
     multi-objective study is plotted for its first objective. `objective_name` (e.g.
     "val_elbo") labels the value axis, else the study's metric name. Returns the paths written.

@@ -9,7 +9,7 @@ envelope and `ExperimentPageUIState`), so a view is written only for the MLflow 
 `TESTED_MLFLOW`, where tests/test_ui_browser.py proves a browser loads it; elsewhere the
 link still opens the runs page in model-training mode, without the view.
 
-Everything here is a pure function of the StudySpec: tracking.py writes the tag.
+Everything here is a pure function of the StudySpec: tracking_ui.py writes the tag.
 """
 from __future__ import annotations
 
@@ -22,11 +22,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from vaebench.config import Range, StudySpec, choice_label
+from vaebench.tracking import ROLE
 
 TESTED_MLFLOW = SpecifierSet(">=3.17,<3.18")
 TAG_PREFIX = "mlflow.sharedViewState."
 VIEW_KEY = "vaebench-comparison"  # one saved view per experiment, rewritten by each run
-ROLE_FILTER = "tags.`vaebench.role` = 'trial'"  # the same tag as tracking.ROLE: trials, not the parent
+ROLE_FILTER = f"tags.`{ROLE}` = 'trial'"  # trials, not the parent
 HEADLINE = ("test_elbo", "test_recon", "test_kl")
 SECTION = "vaebench-study"
 AGGREGATE = "average"  # grouped rows: the mean; charts: the mean curve in a min..max band

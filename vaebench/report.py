@@ -22,9 +22,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from scipy import stats
 
+from vaebench import significance
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
+from vaebench.stores import redact
 
 TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
 CONFIG_ID_COLUMNS = ["rank", "config", "n_seeds", "seeds", "trials"]
@@ -101,7 +103,7 @@ def load_record(tracking_uri: str, study: str) -> StudyRecord:
             "state": tags.get(tk.STATE, run.info.status),
             **{f"param.{k}": v for k, v in run.data.params.items()},
             **run.data.metrics,
-            **{f"tag.{k}": v for k, v in tags.items() if k.startswith("vaebench.")},
+            **{f"tag.{k}": v for k, v in tags.items() if k.startswith(tk.PREFIX)},
         })
     trials = pd.DataFrame(rows)
     if not trials.empty:
@@ -199,7 +201,15 @@ def per_config(record: StudyRecord) -> pd.DataFrame:
     board.insert(0, "rank", range(1, len(board) + 1))
     ordered = [record.objective] + [m for m in metrics if m != record.objective]
     stat_columns = [f"{m}_{s}" for m in ordered for s in STATS]
-    return board[CONFIG_ID_COLUMNS + config_columns + stat_columns].reset_index(drop=True)
+    board = board[CONFIG_ID_COLUMNS + config_columns + stat_columns].reset_index(drop=True)
+    tested = [m for m in table_metrics(board, record.objective) if m.startswith("test_") and f"{m}_mean" in board]
+    return significance.add_columns(board, done, record.objective, record.direction, tested)
+
+
+def table_metrics(board: pd.DataFrame, objective: str) -> list[str]:
+    """The metrics of report.md's table: the objective, the OPTIONAL ones measured, HEADLINE."""
+    measured = [m for m in OPTIONAL if board.get(f"{m}_mean", pd.Series(dtype=float)).notna().any()]
+    return [objective] + [m for m in measured + HEADLINE if m != objective]
 
 
 def leaderboard(tracking_uri: str, study: str, per_trial_rows: bool = False) -> pd.DataFrame:
@@ -229,13 +239,16 @@ def fmt_ci(mean: float, ci: float) -> str:
     return f"{mean:.{digits}f} ± {ci:.{digits}f}"
 
 
-def markdown_table(board: pd.DataFrame, metrics: list[str]) -> str:
-    """The leaderboard as a GitHub Markdown table: mean ± 95% CI half-width per metric."""
+def markdown_table(board: pd.DataFrame, metrics: list[str], objective: str | None = None) -> str:
+    """The leaderboard as a GitHub Markdown table: mean ± 95% CI half-width per metric, and
+    (given the objective) whether each row can be told apart from the best."""
     present = [m for m in metrics if f"{m}_mean" in board]
-    head = ["rank", "config", "seeds"] + present
+    versus = objective is not None and "tied_with_best" in board
+    head = ["rank", "config", "seeds"] + ["vs best"] * versus + present
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in board.iterrows():
         cells = [str(row["rank"]), row["config"], str(row["n_seeds"])]
+        cells += [significance.verdict(row, objective)] * versus
         cells += [fmt_ci(row[f"{m}_mean"], row[f"{m}_ci95"]) for m in present]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -251,16 +264,16 @@ def parse_markdown_table(text: str) -> pd.DataFrame:
 
 def _versions(record: StudyRecord) -> list[str]:
     done = record.finished
-    def tag_values(name: str) -> str:
-        col = f"tag.vaebench.{name}"
+    def tag_values(tag: str) -> str:
+        col = f"tag.{tag}"
         return ", ".join(sorted(done[col].dropna().unique())) if col in done else "unknown"
     return [
-        f"- vaebench {tag_values('version')}, torch {tag_values('torch_version')}, "
-        f"mlflow {tag_values('mlflow_version')}, optuna {tag_values('optuna_version')}, "
-        f"python {tag_values('python_version')}",
-        f"- device: {tag_values('device')}; host: {tag_values('host')}",
-        f"- dataset fingerprint: {tag_values('dataset_fingerprint')}",
-        f"- tracking store: `{tk.redact(record.tracking_uri)}`, parent run `{record.parent.info.run_id}`",
+        f"- vaebench {tag_values(tk.VERSION)}, torch {tag_values(tk.TORCH_VERSION)}, "
+        f"mlflow {tag_values(tk.MLFLOW_VERSION)}, optuna {tag_values(tk.OPTUNA_VERSION)}, "
+        f"python {tag_values(tk.PYTHON_VERSION)}",
+        f"- device: {tag_values(tk.DEVICE)}; host: {tag_values(tk.HOST)}",
+        f"- dataset fingerprint: {tag_values(tk.DATASET_FINGERPRINT)}",
+        f"- tracking store: `{redact(record.tracking_uri)}`, parent run `{record.parent.info.run_id}`",
     ]
 
 
@@ -343,6 +356,31 @@ def _figures(record: StudyRecord, board: pd.DataFrame, folder: Path) -> dict[str
     return out
 
 
+def leaderboard_lines(board: pd.DataFrame, trials: pd.DataFrame, objective: str, direction: str,
+                      metrics: list[str]) -> list[str]:
+    """The `## Leaderboard` and `## Best configuration` sections of report.md."""
+    best = board.iloc[0]
+    return [
+        "## Leaderboard",
+        "",
+        "Mean ± 95% confidence half-width (Student t) over seeds; nats per example for likelihood terms. "
+        "`vs best`: the difference to the best configuration in the objective, tested per configuration "
+        "(paired t-test over seeds when the seeds match, Welch's otherwise) with Holm's correction at 5%; "
+        "`tied` cannot be told apart from the best. "
+        "Full columns (std, n, differences with their 95% CI and Holm p for the test metrics too) in "
+        "[leaderboard.csv](leaderboard.csv), every trial in [trials.csv](trials.csv).",
+        "",
+        markdown_table(board, metrics, objective),
+        "",
+        "## Best configuration",
+        "",
+        f"**{best['config']}**: {objective} = {fmt_ci(best[f'{objective}_mean'], best[f'{objective}_ci95'])}"
+        f" over {best['n_seeds']} seed(s) (trials {best['trials']}).",
+        *significance.best_lines(board, trials, objective, direction),
+        "",
+    ]
+
+
 def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     """Write leaderboard.csv, trials.csv, report.md and figures/ into `folder` (which must be new)."""
     board = per_config(record)
@@ -351,10 +389,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     write_csv(trials, folder / "trials.csv")
     pictures = _figures(record, board, folder / "figures")
     params = record.parent.data.params
-    best = board.iloc[0]
-    measured = [m for m in OPTIONAL if board.get(f"{m}_mean", pd.Series(dtype=float)).notna().any()]
-    metrics = [record.objective] + [m for m in measured + HEADLINE if m != record.objective]
-    study_file = record.parent.data.tags.get("vaebench.study_file", f"{record.study}")
+    metrics = table_metrics(board, record.objective)
+    study_file = record.parent.data.tags.get(tk.STUDY_FILE, f"{record.study}")
     tags = record.parent.data.tags
     description = tags.get(tk.DESCRIPTION, tags.get(tk.NOTE, ""))  # a store from before the DESCRIPTION tag
     lines = [
@@ -373,18 +409,9 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
             if c.startswith("param.") and c.removeprefix("param.") not in [*record.space, *record.swept]
             and not pd.isna(trials.iloc[0][c])),
         "",
-        "## Leaderboard",
-        "",
-        "Mean ± 95% confidence half-width (Student t) over seeds; nats per example for likelihood terms. "
-        "Full columns (std, n) in [leaderboard.csv](leaderboard.csv), every trial in [trials.csv](trials.csv).",
-        "",
-        markdown_table(board, metrics),
-        "",
-        "## Best configuration",
-        "",
-        f"**{best['config']}**: {record.objective} = {fmt_ci(best[f'{record.objective}_mean'], best[f'{record.objective}_ci95'])}"
-        f" over {best['n_seeds']} seed(s) (trials {best['trials']}).",
-        "",
+        *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
+        *significance.budget_lines(board, record.finished, record.objective, record.direction,
+                                   params.get("search.sampler"), "seed" in record.space, folder),
         "## Figures",
         "",
     ]

@@ -1,5 +1,8 @@
 """MLflow: one experiment per study, one parent run per study, one child run per trial.
 
+The only module that writes to MLflow: it owns every tag name and the one map from a
+vaebench state to MLflow's run status; search, artifacts and report go through it.
+
 Everything goes through MlflowClient with explicit run ids: MLflow's fluent active-run
 stack is per thread, so `nested=True` alone breaks under threads and worker processes. A
 child run is linked to its parent by the `mlflow.parentRunId` tag, which is exactly what
@@ -7,11 +10,9 @@ child run is linked to its parent by the `mlflow.parentRunId` tag, which is exac
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,21 +23,50 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from vaebench.errors import InputError
+from vaebench.stores import check_store_url, redact, short_reason
 
-# Tag names: the report reads only these (and params/metrics) back.
+# Tag names: every tag vaebench writes; the report reads only these (and params/metrics) back.
+PREFIX = "vaebench."  # the report copies every tag under it into its trial table
 STUDY = "vaebench.study"
 ROLE = "vaebench.role"  # "study" on the parent, "trial" on children
 TRIAL = "vaebench.trial_number"
-STATE = "vaebench.state"  # COMPLETE / PRUNED / FAIL / INTERRUPTED
+STATE = "vaebench.state"  # a key of STATUS
 REASON = "vaebench.failure_reason"
 OBJECTIVE = "vaebench.objective"
 DIRECTION = "vaebench.direction"
+SAMPLER = "vaebench.sampler"
+STUDY_FILE = "vaebench.study_file"
+MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
+MODEL_FORMAT = "vaebench.model_format"  # that model's serialization: pt2 (standalone) or pickle
+# on every child run: where and with what it ran
+VERSION = "vaebench.version"
+TORCH_VERSION = "vaebench.torch_version"
+MLFLOW_VERSION = "vaebench.mlflow_version"
+OPTUNA_VERSION = "vaebench.optuna_version"
+PYTHON_VERSION = "vaebench.python_version"
+HOST = "vaebench.host"
+DEVICE = "vaebench.device"
+SEED = "vaebench.seed"
+DATASET_FINGERPRINT = "vaebench.dataset_fingerprint"
+OPTUNA_TRIAL_ID = "vaebench.optuna_trial_id"
+RESUMED_AT_EPOCH = "vaebench.resumed_at_epoch"  # a trial that went on from a checkpoint: its first epoch
+# MLflow's own tags
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # the description the MLflow UI shows (an experiment's or a run's)
+DESCRIPTION = "vaebench.description"  # the study file's description, on the parent (its note adds the best trial)
+RUN_COLOR = "mlflow.runColor"  # a run's colour in the runs table and charts
+DATA_CONTEXT = "mlflow.data.context"  # a dataset input's role: training, evaluation
 
-# How a trial's end maps onto MLflow's run status.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED", "INTERRUPTED": "KILLED"}
+# The one map from a vaebench state (the STATE tag; a trial's state is its Optuna TrialState
+# name) to MLflow's run status. A parent run ends COMPLETE, INTERRUPTED or INCOMPLETE (trials
+# failed; running the study again retries them).
+STATUS = {
+    "RUNNING": "RUNNING", "COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED",
+    "INCOMPLETE": "FAILED", "INTERRUPTED": "KILLED",
+}
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 _MAX_METRICS = 1000  # and of metrics
+SYSTEM_METRICS = "system/"  # the prefix of MLflow's system metrics
 FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are written
 
 
@@ -47,11 +77,6 @@ def quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def redact(url: str) -> str:
-    """A store URL fit to print: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`."""
-    return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", url)
-
-
 def resolve_tracking_uri(uri: str | None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else MLflow's own default (./mlflow.db)."""
     import mlflow
@@ -59,79 +84,6 @@ def resolve_tracking_uri(uri: str | None) -> str:
     if uri:
         mlflow.set_tracking_uri(uri)
     return mlflow.get_tracking_uri()
-
-
-def short_reason(exc: BaseException) -> str:
-    """One line for an error message: the OS reason (`[Errno 111] Connection refused`) when the
-    exception wraps one, else its first line."""
-    text = str(exc)
-    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
-    line = errno.group(0) if errno else (text.strip().splitlines() or [type(exc).__name__])[0]
-    return line[:300]
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a `sqlite:///...` URL (relative to the current folder); None for anything else."""
-    if not url.lower().startswith("sqlite:"):
-        return None
-    from sqlalchemy.engine import make_url
-
-    database = make_url(url).database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def check_store_url(url: str, what: str) -> None:
-    """Refuse, before anything is written, a database URL that cannot work: an SQLite file in a
-    folder that does not exist (or that is not an SQLite file), or a server that does not answer.
-    `what` names the flag in the message."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise InputError(f"{what}: not a database URL ({short_reason(exc)})") from None
-    path = sqlite_path(url)
-    if parsed.get_backend_name() == "sqlite":
-        if path is not None:
-            _check_sqlite_file(path, what)
-        return
-    import sqlalchemy
-
-    timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
-    engine = None
-    try:
-        engine = sqlalchemy.create_engine(url, connect_args=timeout)
-        with engine.connect():
-            pass
-    except Exception as exc:  # noqa: BLE001 - missing driver, refused, bad credentials: all bad input
-        raise InputError(f"{what}: cannot connect ({short_reason(exc)})") from None
-    finally:
-        if engine is not None:
-            engine.dispose()
-
-
-def check_file_location(path: Path, what: str) -> None:
-    """A store file can be created or opened at `path`: its folder exists and is writable, and
-    nothing but a file is there already."""
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"{what}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{what}: folder {folder} is not writable")
-    if path.exists() and not path.is_file():
-        raise InputError(f"{what}: {path} is not a file")
-
-
-def _check_sqlite_file(path: Path, what: str) -> None:
-    check_file_location(path, what)
-    if path.exists():
-        with path.open("rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise InputError(f"{what}: {path} is not an SQLite database")
 
 
 def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
@@ -153,7 +105,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
+def finite(metrics: dict[str, float]) -> dict[str, float]:
     """A metric that could not be computed is left out (shown empty), never logged as 0 or NaN."""
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
@@ -171,12 +123,17 @@ class TrialRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0, buffered: bool = False) -> None:
         """Logs in one batched call. `buffered` (per-epoch metrics) holds them until `flush_s`
         has passed since the last write, then writes all held epochs, steps and times kept,
-        in one call: a write costs ~6 ms on SQLite, so one per epoch would be 3% of a
-        flagship trial on its own. `finish` (and an unbuffered call) writes what is held."""
+        in one call: each write is a database transaction, costly beside a short epoch.
+        `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
-        self.buffer += [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
+        self.buffer += [Metric(k, v, ts, step) for k, v in finite(metrics).items()]
         if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
             self.flush()
+
+    def log_final(self, metrics: dict[str, float]) -> None:
+        """A trial's final scores at step 0: bars in the chart view, not a dot at the last
+        epoch of a line; `log_model` links them to the model."""
+        self.log_metrics(metrics, step=0)
 
     def flush(self) -> None:
         for i in range(0, len(self.buffer), _MAX_METRICS):
@@ -191,6 +148,12 @@ class TrialRun:
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_input(self, dataset: Any, context: str) -> None:
+        """A dataset input of the run (an `mlflow.entities.Dataset`) in the role `context`."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT, context)])])
+
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
@@ -198,7 +161,47 @@ class TrialRun:
         self.flush()
         tags = {STATE: state} | ({REASON: reason[:4000]} if reason else {})
         self.set_tags(tags)
-        self.client.set_terminated(self.run_id, status=RUN_STATUS[state])
+        self.client.set_terminated(self.run_id, status=STATUS[state])
+
+    def status(self) -> str:
+        """MLflow's status of the run: RUNNING, FINISHED, FAILED or KILLED."""
+        return self.client.get_run(self.run_id).info.status
+
+    def tags(self) -> dict[str, str]:
+        return self.client.get_run(self.run_id).data.tags
+
+    def download(self, path: str, folder: str) -> str:
+        """The run's artifact `path`, copied into `folder`; returns the local file."""
+        return self.client.download_artifacts(self.run_id, path, folder)
+
+    def log_model(
+        self, model: Any, experiment_id: str, name: str, params: dict[str, Any], step: int, **kwargs: Any,
+    ) -> str:
+        """`model` (`mlflow.pytorch.log_model`, `kwargs` passed on) as a logged model of this
+        run, created in `experiment_id` (the study's, not the process's active experiment),
+        named `name` with `params`, output at `step` (whose metrics MLflow links to it); the
+        final scores (step 0) are linked too, with the run's dataset. Returns its URI."""
+        import mlflow.pytorch
+
+        logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
+                                                 params={k: str(v) for k, v in params.items()})
+        info = mlflow.pytorch.log_model(model, name="model", model_id=logged.model_id, run_id=self.run_id,
+                                        step=step, **kwargs)
+        self.link_final(logged.model_id)
+        return info.model_uri
+
+    def link_final(self, model_id: str) -> None:
+        """Links the run's step-0 metrics (the final scores) to `model_id` and to the run's
+        dataset input: the Models tab's metric columns. Logged again with the same time stamps,
+        the run's own metrics are unchanged (MLflow drops the duplicates)."""
+        run = self.client.get_run(self.run_id)
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        dataset = {"dataset_name": inputs[0].dataset.name, "dataset_digest": inputs[0].dataset.digest} if inputs else {}
+        final = [Metric(m.key, m.value, m.timestamp, 0, model_id=model_id, **dataset)
+                 for key in run.data.metrics if not key.startswith(SYSTEM_METRICS)
+                 for m in self.client.get_metric_history(self.run_id, key) if m.step == 0]
+        for i in range(0, len(final), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=final[i : i + _MAX_METRICS])
 
 
 @dataclass
@@ -225,6 +228,20 @@ class StudyTracker:
             client.restore_experiment(experiment.experiment_id)
         return cls(client, experiment.experiment_id, study)
 
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    def run(self, run_id: str) -> TrialRun:
+        """A run of this store by id (a trial's child run or the study's parent run)."""
+        return TrialRun(self.client, run_id)
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self.client.set_experiment_tag(self.experiment_id, key, value)
+
+    def delete_run(self, run_id: str) -> None:
+        self.client.delete_run(run_id)
+
     def has_run(self, run_id: str | None) -> bool:
         if not run_id:
             return False
@@ -234,6 +251,7 @@ class StudyTracker:
             return False
 
     def create_parent(self, tags: dict[str, Any], params: dict[str, Any]) -> str:
+        """The study's parent run, with `tags` (names from this module) and `params`."""
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.study,
@@ -263,12 +281,11 @@ class StudyTracker:
             TrialRun(self.client, run_id).set_tags({STATE: "RUNNING"})
 
     def end_parent(self, run_id: str, state: str, summary: dict[str, float]) -> None:
-        """COMPLETE -> FINISHED, INTERRUPTED -> KILLED, INCOMPLETE (trials failed) -> FAILED."""
-        status = {"COMPLETE": "FINISHED", "INTERRUPTED": "KILLED", "INCOMPLETE": "FAILED"}[state]
+        """COMPLETE, INTERRUPTED or INCOMPLETE (trials failed), with the study's summary metrics."""
         parent = TrialRun(self.client, run_id)
         parent.log_metrics(summary)
         parent.set_tags({STATE: state})
-        self.client.set_terminated(run_id, status=status)
+        self.client.set_terminated(run_id, status=STATUS[state])
 
     def running_children(self, parent_id: str) -> list[Any]:
         """Child runs of `parent_id` still marked RUNNING (live trials, or orphans of dead workers)."""
@@ -287,156 +304,12 @@ class StudyTracker:
         )
         return TrialRun(self.client, run.info.run_id)
 
-
-class TensorBoardRun:
-    """The same per-epoch scalars and pictures as MLflow, as TensorBoard event files."""
-
-    def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        for name, value in _finite(metrics).items():
-            if name != "epoch":
-                self.writer.add_scalar(name, value, epoch)
-
-    def log_picture(self, path: Path, step: int) -> None:
-        from torchvision.io import ImageReadMode, read_image
-
-        self.writer.add_image(path.stem, read_image(str(path), ImageReadMode.RGB), step)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def tensorboard_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None
-
-
-# -- what the MLflow UI shows: dataset, linked final metrics, model names, notes, colours ----
-
-NOTE = "mlflow.note.content"  # the description of an experiment or a run (markdown)
-DESCRIPTION = "vaebench.description"  # the study file's description, on the parent (its note adds the best trial)
-RUN_COLOR = "mlflow.runColor"  # a run's colour in the runs table and charts
-DATA_CONTEXT = "mlflow.data.context"  # the dataset input's role: training, evaluation
-
-
-@dataclass(frozen=True)
-class DatasetRef:
-    """A dataset as MLflow names it: final metrics are linked to it by name and digest."""
-
-    name: str
-    digest: str
-
-
-def log_dataset(
-    client: MlflowClient, run_id: str, name: str, digest: str, source: str, shapes: dict[str, tuple[int, ...]],
-    context: str = "training",
-) -> DatasetRef:
-    """Logs the run's dataset input (the Dataset column and filter of the runs page): its
-    fingerprint as digest, where it came from, a tensor schema and each split's shape."""
-    import numpy as np
-    from mlflow.data.schema import TensorDatasetSchema
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.types import Schema, TensorSpec
-
-    example = next(iter(shapes.values()))
-    schema = TensorDatasetSchema(
-        features=Schema([TensorSpec(np.dtype("float32"), (-1, *example[1:]))]),
-        targets=Schema([TensorSpec(np.dtype("int64"), (-1,))]),
-    )
-    profile = {f"{split}_shape": list(shape) for split, shape in shapes.items()}
-    dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}),
-                      schema=json.dumps(schema.to_dict()), profile=json.dumps(profile))
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT, context)])])
-    return DatasetRef(name, digest)
-
-
-def log_final_metrics(
-    client: MlflowClient, run_id: str, metrics: dict[str, float], model_id: str | None = None,
-    dataset: DatasetRef | None = None,
-) -> None:
-    """A trial's final scores at step 0 (bars in the chart view, not a dot at the last epoch
-    of a line), linked to its dataset and to `model_id`. `mlflow.<flavor>.log_model` links a
-    run's step-0 metrics to the model it logs by itself (the Models tab's metric columns):
-    give `model_id` only for a model logged otherwise, or the same metric is linked twice."""
-    ts = _now_ms()
-    link = {"model_id": model_id} | ({"dataset_name": dataset.name, "dataset_digest": dataset.digest} if dataset else {})
-    items = [Metric(k, v, ts, 0, **link) for k, v in _finite(metrics).items()]
-    for i in range(0, len(items), _MAX_METRICS):
-        client.log_batch(run_id, metrics=items[i : i + _MAX_METRICS])
-
-
-def logged_model_name(number: int, params: dict[str, Any]) -> str:
-    """`t005-beta0p5-seed1`: unique in the study and readable; MLflow refuses dots (and / : %
-    and quotes) in model names, so 0.5 is written 0p5 and -1 m1."""
-    def part(key: str, value: Any) -> list[str]:
-        if isinstance(value, dict):
-            return [p for sub, v in value.items() for p in part(sub, v)]
-        text = f"{value:.4g}" if isinstance(value, float) else str(value)
-        text = re.sub(r"[^A-Za-z0-9_]+", "_", text.replace(".", "p").replace("-", "m")).strip("_")
-        return [key.rsplit(".", 1)[-1] + text]
-
-    return "-".join([f"t{number:03d}"] + [p for k, v in params.items() for p in part(k, v)])
-
-
-def create_model(client: MlflowClient, experiment_id: str, run_id: str, name: str, params: dict[str, Any]) -> str:
-    """A logged model for the run, named and with the trial's params; returns its id, for
-    `log_final_metrics` and for `mlflow.pytorch.log_model(model_id=...)`."""
-    model = client.create_logged_model(experiment_id, name=name, source_run_id=run_id,
-                                       params={k: str(v) for k, v in params.items()})
-    return model.model_id
-
-
-def describe_experiment(client: MlflowClient, experiment_id: str, text: str) -> None:
-    if text:
-        client.set_experiment_tag(experiment_id, NOTE, text)
-
-
-def describe_run(client: MlflowClient, run_id: str, text: str) -> None:
-    client.set_tag(run_id, NOTE, text)
-
-
-def trial_summary(name: str, objective: str, metrics: dict[str, float], headline: tuple[str, ...]) -> str:
-    """A child run's one-line description: `t003 beta=1 seed=0: val_elbo -32.49, test_elbo -32.55, ...`."""
-    shown = [k for k in dict.fromkeys((objective, *headline)) if k in _finite(metrics)]
-    return f"{name}: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in shown)
-
-
-def summarize_parent(
-    client: MlflowClient, parent_id: str, best_run_id: str, objective: str, headline: tuple[str, ...],
-) -> None:
-    """The parent run carries the best trial's objective and headline metrics under the same
-    names, and a description (the study's, then a link to that trial)."""
-    best = client.get_run(best_run_id)
-    keys = [k for k in dict.fromkeys((objective, *headline)) if k in best.data.metrics]
-    log_final_metrics(client, parent_id, {k: best.data.metrics[k] for k in keys})
-    link = f"[{best.info.run_name}](#/experiments/{best.info.experiment_id}/runs/{best_run_id})"
-    values = ", ".join(f"{k} {best.data.metrics[k]:.4g}" for k in keys)
-    study = client.get_run(parent_id).data.tags.get(DESCRIPTION, "")
-    describe_run(client, parent_id, (f"{study}\n\n" if study else "") + f"Best trial: {link} ({values}).")
-
-
-def source_tags() -> dict[str, str]:
-    """User, source and git tags as `mlflow.start_run` would set them (Source and User columns),
-    for runs created through MlflowClient, which sets none."""
-    from mlflow.tracking.context.registry import resolve_tags
-
-    return {k: v for k, v in resolve_tags().items() if k.startswith(("mlflow.source.", "mlflow.user"))}
-
-
-def save_view(client: MlflowClient, experiment_id: str, spec: Any, mlflow_version: str | None = None) -> bool:
-    """Writes the study's saved runs-page view (vaebench.mlflow_view) on its experiment, only
-    for the MLflow versions whose UI is tested to load it; returns whether it did."""
-    import importlib.metadata
-
-    from vaebench import mlflow_view
-
-    if not mlflow_view.view_supported(mlflow_version or importlib.metadata.version("mlflow")):
-        return False
-    key, value = mlflow_view.view_tag(spec, _now_ms())
-    client.set_experiment_tag(experiment_id, key, value)
-    return True
+    def resume_trial(self, run_id: str, number: int, tags: dict[str, Any]) -> TrialRun | None:
+        """The child run `run_id` RUNNING again for trial `number`, which continues it from a
+        checkpoint; None when the run is gone or belongs to another study or parent."""
+        if not self.has_run(run_id):
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        run = TrialRun(self.client, run_id)
+        run.set_tags({TRIAL: str(number), STATE: "RUNNING", REASON: ""} | tags)
+        return run

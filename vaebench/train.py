@@ -19,14 +19,16 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
+from vaebench import schedules
 from vaebench.data import Dataset
 from vaebench.errors import DivergenceError
 from vaebench.metrics import elbo_terms
 from vaebench.models import VAEModel
+from vaebench.schedules import Schedule
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -87,6 +89,24 @@ def validation_metrics(
     return {f"val_{name}": float(values.mean()) for name, values in terms.items()}
 
 
+@dataclass
+class Checkpointing:
+    """How fit saves its state and where it resumes from; where the bytes go is the caller's
+    business (vaebench.checkpoint writes them atomically).
+
+    `save` gets the whole training state (see `fit`) at the end of every `every_epochs`-th
+    epoch, unless the last save was less than `min_seconds` ago (short epochs are cheaper to
+    redo than to save), and, when `every_seconds` is set, inside an epoch once that much time
+    has passed since the last save. `resume` is such a state to continue from.
+    """
+
+    save: Callable[[dict[str, Any]], None]
+    resume: dict[str, Any] | None = None
+    every_epochs: int = 1
+    every_seconds: float | None = None
+    min_seconds: float = 0.0
+
+
 def fit(
     model: VAEModel,
     ds: Dataset,
@@ -95,20 +115,29 @@ def fit(
     batch_size: int,
     lr: float,
     seed: int = 0,
+    adam_eps: float = 1e-8,
+    schedule: Schedule | None = None,
     grad_clip: float | None = None,
     kl_warmup_epochs: int = 0,
     callbacks: tuple[EpochCallback, ...] | list[EpochCallback] = (),
     device: str = "cpu",
     eval_batch_size: int = 1024,
+    checkpointing: Checkpointing | None = None,
     channels_last: bool = False,
     bf16: bool = False,
     compile: bool = False,
 ) -> History:
-    """Adam on the train split; validation ELBO terms after every epoch.
+    """Adam on the train split; validation ELBO terms after every epoch (none when the
+    dataset has no validation split).
 
-    KL warm-up multiplies the KL term by a factor rising linearly from 0 to 1 over
-    `kl_warmup_epochs` (per step). A non-finite training loss or validation metric
+    `schedule` sets the learning rate of each epoch (vaebench.schedules; constant `lr`
+    when None). KL warm-up multiplies the KL term by a factor rising linearly from 0 to 1
+    over `kl_warmup_epochs` (per step). A non-finite training loss or validation metric
     raises DivergenceError naming the epoch.
+
+    With `checkpointing`, the state (model, optimizer, random generators, epoch, position in
+    the epoch, history) is handed to its `save`, and a run resumed from such a state ends
+    with exactly the parameters and metrics of an uninterrupted one on CPU.
 
     Opt-in speed-ups, each of which changes the numbers slightly (rounding), so none is on
     by default: `channels_last` stores conv weights and images NHWC (about +10% reported
@@ -121,12 +150,13 @@ def fit(
         model.to(memory_format=torch.channels_last)
     model.to(dev)
     x_train = to_device(ds.train.x, dev, channels_last)
-    x_val = to_device(ds.val.x, dev, channels_last)
+    x_val = to_device(ds.val.x, dev, channels_last) if len(ds.val) else None
     n = x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)  # shuffling (always on CPU)
     noise = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(seed)
     # foreach: the same update as the per-tensor loop (bit for bit on CPU), fewer kernel calls.
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, foreach=dev.type in ("cpu", "cuda") or None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=adam_eps, foreach=dev.type in ("cpu", "cuda") or None)
+    schedule = schedule or schedules.constant(lr)
     steps_per_epoch = math.ceil(n / batch_size)
     batch_sizes = torch.tensor(
         [min(batch_size, n - step * batch_size) for step in range(steps_per_epoch)], dtype=torch.float64
@@ -137,14 +167,30 @@ def fit(
         torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
     history = History()
+    first_epoch, first_step, order, losses = 1, 0, None, []
+    if checkpointing and checkpointing.resume:
+        first_epoch, first_step, order, losses = _restore(checkpointing.resume, model, optimizer, gen, noise, history, dev)
 
-    for epoch in range(1, epochs + 1):
+    def state(epoch: int, step: int, order: torch.Tensor | None, losses: list[torch.Tensor]) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "rng": gen.get_state(), "noise_rng": None if noise is gen else noise.get_state(),
+            "order": order, "losses": torch.stack(losses) if losses else None,
+            "history": {"epochs": history.epochs, "train_seconds": history.train_seconds,
+                        "samples_seen": history.samples_seen},
+        }
+
+    every_s = checkpointing.every_seconds if checkpointing else None
+    last_save = time.monotonic()
+    for epoch in range(first_epoch, epochs + 1):
         model.train()
-        losses: list[torch.Tensor] = []
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(epoch)
         kl_weight = 1.0
         start = time.perf_counter()
-        order = to_device(torch.randperm(n, generator=gen), dev)
-        for step in range(steps_per_epoch):
+        if order is None:
+            order = to_device(torch.randperm(n, generator=gen), dev)
+        for step in range(first_step, steps_per_epoch):
             xb = x_train[order[step * batch_size : (step + 1) * batch_size]]
             if dynamic:
                 xb = torch.bernoulli(xb, generator=noise)
@@ -158,18 +204,51 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer.step()
             losses.append(record.loss.detach())
+            if every_s is not None and time.monotonic() - last_save >= every_s and step + 1 < steps_per_epoch:
+                history.train_seconds += time.perf_counter() - start
+                checkpointing.save(state(epoch, step + 1, order, losses))  # type: ignore[union-attr]
+                start, last_save = time.perf_counter(), time.monotonic()
         # Mean loss per example, summed in float64 once per epoch (one sync, not one per step).
         train_loss = float(torch.stack(losses).double().cpu() @ batch_sizes) / n
         history.train_seconds += time.perf_counter() - start
         history.samples_seen += n
+        first_step, order, losses = 0, None, []
 
         metrics = {"epoch": float(epoch), "train_loss": train_loss}
-        metrics |= validation_metrics(model, ds, batch_size=eval_batch_size, seed=seed, x_val=x_val)
+        if x_val is not None:
+            metrics |= validation_metrics(model, ds, batch_size=eval_batch_size, seed=seed, x_val=x_val)
         bad = [k for k, v in metrics.items() if not math.isfinite(v)]
         if bad:
             raise DivergenceError(f"non-finite {', '.join(bad)} at epoch {epoch}")
         history.epochs.append(metrics)
-        for callback in callbacks:
-            callback(epoch, metrics)
+        try:
+            for callback in callbacks:
+                callback(epoch, metrics)
+        except KeyboardInterrupt:  # a stop asked for at the epoch's end keeps the epoch
+            if checkpointing:
+                checkpointing.save(state(epoch + 1, 0, None, []))
+            raise
+        if (checkpointing and (epoch % checkpointing.every_epochs == 0 or epoch == epochs)
+                and time.monotonic() - last_save >= checkpointing.min_seconds):
+            checkpointing.save(state(epoch + 1, 0, None, []))  # the last one lets a resume skip to evaluation
+            last_save = time.monotonic()
     model.eval()
     return history
+
+
+def _restore(
+    saved: dict[str, Any], model: VAEModel, optimizer: torch.optim.Optimizer, gen: torch.Generator,
+    noise: torch.Generator, history: History, dev: torch.device,
+) -> tuple[int, int, torch.Tensor | None, list[torch.Tensor]]:
+    """Load a state `fit` saved; returns where to go on: (epoch, step, order, losses)."""
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    gen.set_state(saved["rng"])
+    if noise is not gen and saved.get("noise_rng") is not None:
+        noise.set_state(saved["noise_rng"])
+    past = saved["history"]
+    history.epochs[:] = [dict(m) for m in past["epochs"]]
+    history.train_seconds, history.samples_seen = float(past["train_seconds"]), int(past["samples_seen"])
+    order = saved.get("order")
+    losses = list(saved["losses"].to(dev).unbind()) if saved.get("losses") is not None else []
+    return int(saved["epoch"]), int(saved["step"]), None if order is None else order.to(dev), losses

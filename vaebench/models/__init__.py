@@ -5,7 +5,7 @@
                      likelihood="bernoulli", input_shape=(1, 28, 28))
     record = m.loss(x)          # LossRecord: loss, recon, kl, elbo
 """
-from .architectures import ARCHITECTURES
+from .architectures import ACTIVATIONS, ARCHITECTURES
 from .base import LossRecord, gaussian_kl, gaussian_kl_per_dim, reparameterize
 from .likelihoods import LIKELIHOODS
 from .model import VAEModel
@@ -13,6 +13,7 @@ from .objectives import OBJECTIVES
 from .registry import arch_hparams, build, describe, objective_hparams
 
 __all__ = [
+    "ACTIVATIONS",
     "ARCHITECTURES",
     "LIKELIHOODS",
     "OBJECTIVES",

@@ -35,24 +35,42 @@ class GaussianEncoder(nn.Module):
         return self.mu(h), self.logvar(h)
 
 
-def relu_stack(dims: Sequence[int]) -> list[nn.Module]:
-    """Linear+ReLU between consecutive sizes: (a, b, c) -> [Linear(a,b), ReLU, Linear(b,c), ReLU]."""
+# Hidden-unit nonlinearities by name (`model.activation`); ReLU unless a study says otherwise.
+# tanh is what the IWAE paper's MNIST networks use (Burda et al., 2016).
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "softplus": nn.Softplus,
+}
+
+
+def activation_layer(name: str) -> nn.Module:
+    """A fresh hidden-unit nonlinearity; a ValueError lists the known names."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+def dense_stack(dims: Sequence[int], activation: str = "relu") -> list[nn.Module]:
+    """Linear+activation between consecutive sizes: (a, b, c) -> [Linear(a,b), act, Linear(b,c), act]."""
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
-        layers += [nn.Linear(d_in, d_out), nn.ReLU()]
+        layers += [nn.Linear(d_in, d_out), activation_layer(activation)]
     return layers
 
 
 def mlp(
-    input_shape: tuple[int, int, int], latent_dim: int, hidden: Sequence[int] = (512, 256)
+    input_shape: tuple[int, int, int], latent_dim: int, hidden: Sequence[int] = (512, 256),
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
     """Fully connected: flatten -> hidden stack -> heads; the decoder mirrors the stack."""
     d = math.prod(input_shape)
     enc_dims = (d, *hidden)
     dec_dims = (latent_dim, *reversed(tuple(hidden)))
-    encoder = GaussianEncoder(nn.Sequential(nn.Flatten(), *relu_stack(enc_dims)), enc_dims[-1], latent_dim)
+    encoder = GaussianEncoder(nn.Sequential(nn.Flatten(), *dense_stack(enc_dims, activation)), enc_dims[-1], latent_dim)
     decoder = nn.Sequential(
-        *relu_stack(dec_dims), nn.Linear(dec_dims[-1], d), nn.Unflatten(1, tuple(input_shape))
+        *dense_stack(dec_dims, activation), nn.Linear(dec_dims[-1], d), nn.Unflatten(1, tuple(input_shape))
     )
     return encoder, decoder
 
@@ -82,6 +100,7 @@ def conv(
     latent_dim: int,
     channels: Sequence[int] = (32, 64),
     hidden: int = 256,
+    activation: str = "relu",
 ) -> tuple[nn.Module, nn.Module]:
     """Stride-2 conv encoder (k=4, p=1) -> Linear(hidden) -> heads; mirrored decoder.
 
@@ -99,8 +118,8 @@ def conv(
 
     down: list[nn.Module] = []
     for c_prev, c_next in zip((c_in, *channels[:-1]), channels):
-        down += [nn.Conv2d(c_prev, c_next, kernel_size=4, stride=2, padding=1), nn.ReLU()]
-    body = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU())
+        down += [nn.Conv2d(c_prev, c_next, kernel_size=4, stride=2, padding=1), activation_layer(activation)]
+    body = nn.Sequential(*down, nn.Flatten(), nn.Linear(flat, hidden), activation_layer(activation))
     encoder = GaussianEncoder(body, hidden, latent_dim)
 
     up: list[nn.Module] = []
@@ -110,9 +129,9 @@ def conv(
         padding = (h_out - 2 * h_src, w_out - 2 * w_src)
         up.append(nn.ConvTranspose2d(channels[level], c_out, 4, stride=2, padding=1, output_padding=padding))
         if level > 0:
-            up.append(nn.ReLU())
+            up.append(activation_layer(activation))
     decoder = nn.Sequential(
-        *relu_stack((latent_dim, hidden, flat)),
+        *dense_stack((latent_dim, hidden, flat), activation),
         nn.Unflatten(1, (channels[-1], h_last, w_last)),
         *up,
     )

@@ -1,7 +1,8 @@
-"""Failing trials, bad input, reproducibility, and the safe defaults (issue 5).
+"""The CLI: bad input (one line naming the file and field, exit 2, nothing written),
+reproducible runs, --study as a name or a YAML path, and its safe defaults.
 
 Most tests call `vaebench.cli.main` in this process (a temp folder as the current folder);
-the reproducibility test runs two real CLI processes. Helpers come from test_workers.py.
+the reproducibility test runs a second, real CLI process.
 """
 from __future__ import annotations
 
@@ -20,80 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from conftest import REPO
-from test_workers import (  # noqa: F401 - fixtures too
-    folder, load, mlflow_runs, mlflow_template, run_cli, seeded, spawn, worker_on_journal, write_study,
-)
-from vaebench import cli, data, search
+from helpers import REPO, mlflow_runs, run_cli, seeded, spawn, write_study
+from vaebench import cli, data
 from vaebench.config import load_study
 from vaebench.errors import InputError
 
 TIMING = {"train_samples_per_s", "eval_samples_per_s", "train_seconds"}
-
-
-# -- failing trials ---------------------------------------------------------------------
-
-
-def test_a_diverging_trial_fails_and_the_study_goes_on(folder: Path, mlflow_template: Path) -> None:
-    seeded(folder, mlflow_template)
-    study_file = write_study(folder, "diverge", {"train.lr": [3e-3, 1e6], "seed": [0]})
-    code, _, err = run_cli(folder, study_file)
-    assert code == 0, err
-    assert err.splitlines() == [
-        "vaebench: 1 trial failed: DivergenceError: non-finite train_loss, val_recon, val_kl, val_elbo at epoch 1"
-        " (trial 0) (reasons: tag vaebench.failure_reason in MLflow)"]
-    study = load(folder, "diverge")
-    by_lr = {t.params["train.lr"]: t for t in study.trials}
-    assert by_lr[1e6].state.name == "FAIL" and by_lr[3e-3].state.name == "COMPLETE"
-    assert by_lr[1e6].user_attrs["failure_reason"].startswith("DivergenceError: non-finite train_loss")
-    parents, children = mlflow_runs(folder, "diverge")
-    status = {float(c.data.params["train.lr"]): c for c in children}
-    assert status[1e6].info.status == "FAILED" and status[1e6].data.tags["vaebench.state"] == "FAIL"
-    assert status[1e6].data.tags["vaebench.failure_reason"].startswith("DivergenceError: non-finite")
-    assert status[3e-3].info.status == "FINISHED"
-    assert parents[0].info.status == "FAILED" and parents[0].data.tags["vaebench.state"] == "INCOMPLETE"
-    assert (folder / "results" / "diverge" / "leaderboard.csv").is_file()
-
-
-def test_a_raising_trial_fails_and_the_study_goes_on(
-    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seeded(folder, mlflow_template)
-    real = search.train_and_evaluate
-
-    def flaky(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
-        if cfg.seed == 1:
-            raise OSError(28, "No space left on device")
-        return real(cfg, *args, **kwargs)
-
-    monkeypatch.setattr(search, "train_and_evaluate", flaky)
-    code, out, err = run_cli(folder, write_study(folder, "flaky", {"seed": [0, 1, 2]}))
-    assert code == 0, err
-    assert "study flaky: 2/3 trials finished" in out
-    assert err.splitlines() == ["vaebench: 1 trial failed: OSError: [Errno 28] No space left on device (trial 1)"
-                                " (reasons: tag vaebench.failure_reason in MLflow)"]
-    _, children = mlflow_runs(folder, "flaky")
-    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
-
-    monkeypatch.setattr(search, "train_and_evaluate", real)  # the disk has room again: the point is re-run
-    code, out, err = run_cli(folder, folder / "flaky.yaml")
-    assert code == 0 and err == "", err
-    assert [t.state.name for t in load(folder, "flaky").trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
-    parents, _ = mlflow_runs(folder, "flaky")
-    assert parents[0].info.status == "FINISHED"
-
-
-def test_a_study_whose_every_trial_fails_exits_1_with_one_line(folder: Path, mlflow_template: Path) -> None:
-    seeded(folder, mlflow_template)
-    code, _, err = run_cli(folder, write_study(folder, "doomed", {"seed": [0, 1]}, lr=1e6))
-    assert code == 1
-    assert err.splitlines() == [
-        "vaebench: no trial finished: 2 trials failed: DivergenceError: non-finite train_loss, val_recon, val_kl,"
-        " val_elbo at epoch 1 (trials 0, 1)"]
-    assert [t.state.name for t in load(folder, "doomed").trials] == ["FAIL", "FAIL"]
-    parents, children = mlflow_runs(folder, "doomed")
-    assert parents[0].info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 2
-    assert not (folder / "results").exists()
 
 
 # -- bad input --------------------------------------------------------------------------
@@ -219,6 +152,7 @@ def test_mutated_study_files_never_crash(case: tuple[str, str]) -> None:
 # -- reproducibility and safe defaults --------------------------------------------------
 
 
+@pytest.mark.slow  # a second CLI process
 def test_same_config_and_seed_give_bit_identical_metrics(folder: Path, mlflow_template: Path) -> None:
     """One run in a new process, one in this one (which has run other tests: global RNGs
     elsewhere), at the same time, in two folders."""
@@ -276,17 +210,79 @@ def test_first_ctrl_c_asks_to_stop_the_second_stops_now() -> None:
     assert signal.getsignal(signal.SIGINT) is previous
 
 
-def test_a_trial_stopped_before_optuna_recorded_it_is_failed_and_queued(folder: Path, mlflow_template: Path) -> None:
-    """A second Ctrl-C can land between the trial's end and Optuna's record of it: the trial
-    would stay RUNNING, its child run too. The worker's clean-up fails, closes and re-queues it."""
-    worker = worker_on_journal(folder, mlflow_template, "cut")
-    trial = worker.study.ask()
-    search.suggest(trial, worker.spec)
-    run = worker.tracker.start_trial(worker.parent_id, 0, "t000", {})
-    worker.current = search._Current(trial._trial_id, trial.number, run)
-    worker.on_interrupt()
-    stopped, queued = worker.study.get_trials()
-    assert (stopped.state.name, queued.state.name) == ("FAIL", "WAITING") and queued.params == stopped.params
-    assert stopped.user_attrs["failure_reason"] == "interrupted (Ctrl-C)"
-    _, children = mlflow_runs(folder, "cut")
-    assert [(c.info.status, c.data.tags["vaebench.state"]) for c in children] == [("KILLED", "INTERRUPTED")]
+# -- flags and study settings checked before anything is written ----------------------
+
+STUDY = {
+    "name": "tiny",
+    "dataset": {"name": "digits"},
+    "model": {"arch": "mlp", "objective": "vae", "latent_dim": 2, "hidden": [8]},
+    "train": {"epochs": 1},
+    "search": {"sampler": "grid", "space": {"seed": [0, 1]}},
+}
+
+
+def refused(folder: Path, monkeypatch: pytest.MonkeyPatch, *argv: str, **settings: object) -> str:
+    """Run the CLI in `folder` on tiny.yaml (STUDY with `settings`): it must exit 2 with one
+    line on stderr, print nothing else, and leave the folder as it was. Returns the line."""
+    monkeypatch.chdir(folder)
+    Path("tiny.yaml").write_text(yaml.safe_dump(STUDY | settings))
+    before = sorted(p.name for p in folder.iterdir())
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    lines = err.getvalue().splitlines()
+    assert (code, out.getvalue(), len(lines)) == (2, "", 1), (code, out.getvalue(), lines)
+    assert sorted(p.name for p in folder.iterdir()) == before
+    return lines[0]
+
+
+RUN = ("run", "--study", "tiny.yaml", "--storage", "sqlite:///optuna.db", "--tracking-uri", "sqlite:///mlflow.db")
+
+
+@pytest.mark.parametrize("device", ["meta", "", "tpu", "cuda:x"])
+def test_a_device_flag_vaebench_cannot_run_on_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    line = refused(tmp_path, monkeypatch, *RUN, "--device", device)
+    assert line == f"vaebench: error: --device {device}: '{device}' is not a device: use auto, cpu, cuda, cuda:N or mps"
+
+
+def test_a_missing_gpu_is_refused_for_the_flag_and_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = refused(tmp_path, monkeypatch, *RUN, "--device", "cuda")
+    assert line == "vaebench: error: --device cuda: 'cuda' requested but this machine has 0 CUDA devices"
+    line = refused(tmp_path, monkeypatch, *RUN, device="cuda")
+    assert line == "vaebench: error: tiny.yaml: device: 'cuda' requested but this machine has 0 CUDA devices"
+    line = refused(tmp_path, monkeypatch, *RUN, "--device", "cpu", search={
+        "sampler": "grid", "space": {"device": ["cpu", "cuda"]}})
+    assert line.startswith('vaebench: error: tiny.yaml: search.space.device = "cuda": \'cuda\' requested')
+
+
+def test_the_flag_overrides_the_files_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = tmp_path / "gpu.yaml"
+    path.write_text(yaml.safe_dump(STUDY | {"device": "cuda"}))
+    spec, _ = load_study(str(path))
+    cli.check_devices(spec, path, "cpu")  # the file's cuda is never used
+    with pytest.raises(cli.InputError, match="gpu.yaml: device: 'cuda' requested"):
+        cli.check_devices(spec, path, None)
+
+
+@pytest.mark.parametrize("study", ["..", ".", "../elsewhere", "/tmp"])
+def test_leaderboard_refuses_a_study_name_that_leads_out_of_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, study: str
+) -> None:
+    line = refused(tmp_path, monkeypatch, "leaderboard", "--study", study, "--tracking-uri", "sqlite:///mlflow.db")
+    assert line.startswith(f"vaebench: error: {study!r}: not a usable name for a folder in results")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a" * 300])
+def test_run_refuses_a_study_name_that_is_not_a_plain_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    line = refused(tmp_path, monkeypatch, *RUN, name=name)
+    assert line.startswith("vaebench: error: tiny.yaml: name: ") and "not a usable study name" in line

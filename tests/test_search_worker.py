@@ -1,0 +1,218 @@
+"""Workers that die, get stopped, or run side by side: nothing lost, nothing duplicated.
+
+Each test runs real `python -m vaebench run` processes on a tiny study (digits, an MLP with
+32 hidden units, a 2-d latent) in a temp folder, then reads what Optuna and MLflow hold. A
+run that only has to finish the study runs in this process (`run_cli`): it spares the
+seconds a new process spends importing torch and MLflow.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+from helpers import (
+    children_by_trial, epochs_reported, finish, load, mlflow_runs, run_cli, seeded, spawn, wait_until, write_study,
+)
+from vaebench import report, search  # noqa: F401 - imported now, an in-process run starts at once
+from vaebench import trial as one_trial
+
+# -- failing trials (in this process) -----------------------------------------------
+
+
+def test_a_diverging_trial_fails_and_the_study_goes_on(folder: Path, mlflow_template: Path) -> None:
+    seeded(folder, mlflow_template)
+    study_file = write_study(folder, "diverge", {"train.lr": [3e-3, 1e6], "seed": [0]})
+    code, _, err = run_cli(folder, study_file)
+    assert code == 0, err
+    assert err.splitlines() == [
+        "vaebench: 1 trial failed: DivergenceError: non-finite train_loss, val_recon, val_kl, val_elbo at epoch 1"
+        " (trial 0) (reasons: tag vaebench.failure_reason in MLflow)"]
+    study = load(folder, "diverge")
+    by_lr = {t.params["train.lr"]: t for t in study.trials}
+    assert by_lr[1e6].state.name == "FAIL" and by_lr[3e-3].state.name == "COMPLETE"
+    assert by_lr[1e6].user_attrs["failure_reason"].startswith("DivergenceError: non-finite train_loss")
+    parents, children = mlflow_runs(folder, "diverge")
+    status = {float(c.data.params["train.lr"]): c for c in children}
+    assert status[1e6].info.status == "FAILED" and status[1e6].data.tags["vaebench.state"] == "FAIL"
+    assert status[1e6].data.tags["vaebench.failure_reason"].startswith("DivergenceError: non-finite")
+    assert status[3e-3].info.status == "FINISHED"
+    assert parents[0].info.status == "FAILED" and parents[0].data.tags["vaebench.state"] == "INCOMPLETE"
+    assert (folder / "results" / "diverge" / "leaderboard.csv").is_file()
+
+
+def test_a_raising_trial_fails_and_the_study_goes_on(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded(folder, mlflow_template)
+    real = one_trial.train_and_evaluate
+
+    def flaky(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if cfg.seed == 1:
+            raise OSError(28, "No space left on device")
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", flaky)
+    code, out, err = run_cli(folder, write_study(folder, "flaky", {"seed": [0, 1, 2]}))
+    assert code == 0, err
+    assert "study flaky: 2/3 trials finished" in out
+    assert err.splitlines() == ["vaebench: 1 trial failed: OSError: [Errno 28] No space left on device (trial 1)"
+                                " (reasons: tag vaebench.failure_reason in MLflow)"]
+    _, children = mlflow_runs(folder, "flaky")
+    assert sorted(c.info.status for c in children) == ["FAILED", "FINISHED", "FINISHED"]
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", real)  # the disk has room again: the point is re-run
+    code, out, err = run_cli(folder, folder / "flaky.yaml")
+    assert code == 0 and err == "", err
+    assert [t.state.name for t in load(folder, "flaky").trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    parents, _ = mlflow_runs(folder, "flaky")
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_a_study_whose_every_trial_fails_exits_1_with_one_line(folder: Path, mlflow_template: Path) -> None:
+    seeded(folder, mlflow_template)
+    code, _, err = run_cli(folder, write_study(folder, "doomed", {"seed": [0, 1]}, lr=1e6))
+    assert code == 1
+    assert err.splitlines() == [
+        "vaebench: no trial finished: 2 trials failed: DivergenceError: non-finite train_loss, val_recon, val_kl,"
+        " val_elbo at epoch 1 (trials 0, 1)"]
+    assert [t.state.name for t in load(folder, "doomed").trials] == ["FAIL", "FAIL"]
+    parents, children = mlflow_runs(folder, "doomed")
+    assert parents[0].info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 2
+    assert not (folder / "results").exists()
+
+
+# -- worker processes -------------------------------------------------------------------
+
+
+def assert_study_complete(cwd: Path, name: str, total: int, storage: str | None = None) -> tuple[optuna.Study, dict]:
+    """Exactly `total` COMPLETE trials, any FAIL trial accounted for, one parent run
+    (FINISHED), one FINISHED child run per complete trial number, all under that parent."""
+    study = load(cwd, name, storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == total, states
+    assert set(states) <= {"COMPLETE", "FAIL"}, states
+    parents, children = mlflow_runs(cwd, name)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert study.user_attrs["mlflow_parent_run_id"] == parents[0].info.run_id
+    by_trial = children_by_trial(children)
+    for trial in study.trials:
+        if trial.state.name == "COMPLETE":
+            run = by_trial[trial.number]
+            assert run.info.status == "FINISHED" and run.data.tags["vaebench.state"] == "COMPLETE"
+            assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert all(c.info.status != "RUNNING" for c in children)
+    return study, by_trial
+
+
+def assert_shared(study: optuna.Study, total: int) -> set[int]:
+    """`total` distinct values, trials that never ran are marked so; the pids that ran trials."""
+    for trial in study.trials:
+        if trial.state.name == "FAIL":  # a trial one worker started when the other had filled the study
+            assert trial.user_attrs["failure_reason"].startswith("not run:"), trial.user_attrs
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == total  # no values drawn twice
+    return {t.user_attrs["vaebench.worker"]["pid"] for t in complete}
+
+
+@pytest.mark.slow  # worker processes
+def test_two_workers_start_a_new_sqlite_study_at_once(tmp_path: Path) -> None:
+    """From an empty folder: both race to create optuna.db and mlflow.db, then share the study."""
+    write_study(tmp_path, "pair", {"model.beta": [0.5, 1.0], "seed": [0, 1]})
+    workers = [spawn(tmp_path, "run", "--study", "pair.yaml", "--no-progress", "--threads", "1") for _ in range(2)]
+    for code, _, err in [finish(w) for w in workers]:
+        assert code == 0, err
+        assert "database is locked" not in err and "Traceback" not in err, err
+    study, _ = assert_study_complete(tmp_path, "pair", 4)
+    assert_shared(study, 4)
+
+
+@pytest.mark.slow  # worker processes
+def test_a_worker_process_and_this_one_share_a_journal_file(folder: Path, mlflow_template: Path) -> None:
+    seeded(folder, mlflow_template)
+    write_study(folder, "pair", {"model.beta": {"low": 0.5, "high": 4.0}}, sampler="random", n_trials=4,
+                epochs=10, batch_size=32)
+    flags = ("--storage", "pair.journal")
+    other = spawn(folder, "run", "--study", "pair.yaml", "--no-progress", "--threads", "1", *flags)
+
+    def training() -> bool:
+        with contextlib.suppress(KeyError, FileNotFoundError):  # no study yet
+            return any(t.state.name == "RUNNING" for t in load(folder, "pair", "pair.journal").trials)
+        return False
+
+    wait_until(other, training)
+    code, _, err = run_cli(folder, "pair.yaml", *flags)
+    assert code == 0, err
+    code, _, err = finish(other)
+    assert code == 0 and "Traceback" not in err, err
+    study, _ = assert_study_complete(folder, "pair", 4, "pair.journal")
+    assert assert_shared(study, 4) == {other.pid, os.getpid()}
+
+
+def worker_in_trial(folder: Path, name: str, number: int) -> subprocess.Popen:
+    """A worker on a 2-trial study (20 epochs of 40 steps each), once trial `number` has
+    finished its first epoch."""
+    write_study(folder, name, {"seed": [0, 1]}, epochs=20, batch_size=32)
+    worker = spawn(folder, "run", "--study", f"{name}.yaml", "--no-progress", "--threads", "1")
+    wait_until(worker, lambda: epochs_reported(folder / "optuna.db", number) >= 1)
+    return worker
+
+
+@pytest.mark.slow  # worker processes
+def test_kill_9_mid_trial_then_resume(folder: Path, mlflow_template: Path) -> None:
+    tmp_path = seeded(folder, mlflow_template)
+    worker = worker_in_trial(tmp_path, "killed", 0)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert [t.state.name for t in load(tmp_path, "killed").trials] == ["RUNNING"]
+    assert [c.info.status for c in mlflow_runs(tmp_path, "killed")[1]] == ["RUNNING"]
+
+    code, out, err = run_cli(tmp_path, "killed.yaml")
+    assert code == 0, err
+    assert "1 re-queued after their worker died" in out
+    study, by_trial = assert_study_complete(tmp_path, "killed", 2)
+    orphan, *rest = study.trials
+    assert orphan.state.name == "FAIL"
+    assert orphan.user_attrs["failure_reason"] == f"worker died ({socket.gethostname()}/{worker.pid})"
+    assert by_trial[0].info.status == "FAILED"
+    assert by_trial[0].data.tags["vaebench.failure_reason"].startswith("worker died (")
+    retry = next(t for t in rest if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 0)
+    assert retry.state.name == "COMPLETE" and retry.params == orphan.params
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [0]
+    assert len(study.trials) == 3  # the orphan, its one retry, the other grid point
+
+
+@pytest.mark.slow  # worker processes
+def test_ctrl_c_stops_after_the_epoch_then_resumes(folder: Path, mlflow_template: Path) -> None:
+    tmp_path = seeded(folder, mlflow_template)
+    worker = worker_in_trial(tmp_path, "stopped", 1)
+    worker.send_signal(signal.SIGINT)
+    code, _, err = finish(worker)
+    assert code == 130, err
+    assert "stopping after this epoch; Ctrl-C again to stop now" in err
+    assert "Traceback" not in err
+
+    study = load(tmp_path, "stopped")
+    first, stopped, queued = study.trials
+    assert (first.state.name, stopped.state.name, queued.state.name) == ("COMPLETE", "FAIL", "WAITING")
+    assert stopped.user_attrs["failure_reason"] == "interrupted (Ctrl-C)"
+    assert len(stopped.intermediate_values) < 20  # it stopped at an epoch's end, not at the last
+    assert queued.params == stopped.params
+    parents, children = mlflow_runs(tmp_path, "stopped")
+    assert parents[0].info.status == "KILLED"
+    killed = children_by_trial(children)[1]
+    assert killed.info.status == "KILLED" and killed.data.tags["vaebench.state"] == "INTERRUPTED"
+    assert (tmp_path / "results" / "stopped" / "leaderboard.csv").is_file()  # the report covers trial 0
+
+    code, _, err = run_cli(tmp_path, "stopped.yaml")
+    assert code == 0, err
+    study, by_trial = assert_study_complete(tmp_path, "stopped", 2)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert study.trials[2].params == stopped.params and sorted(by_trial) == [0, 1, 2]

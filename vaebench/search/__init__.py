@@ -1,0 +1,29 @@
+"""Optuna: the search over a study's space, run by one or many workers.
+
+A trial is: sample values (space) -> vaebench.trial (data, model, fit, evaluate, one MLflow
+child run) -> its objective value back to Optuna. The objective is a val_ or train_ metric of
+the last epoch; test metrics are reported, never optimised. A study survives failed trials,
+Ctrl-C, dead workers and workers side by side (worker, recovery).
+
+    space      samplers and pruners (registries), sampling one trial's values
+    storage    opening a journal file or database; the lock for creating local stores;
+               where running trials keep their checkpoints
+    recovery   dead workers: fail their trials, queue them again, close their runs
+    worker     the loop of one `vaebench run` process
+    study      the study, its experiment and parent run, then the loop (run_study)
+    attrs      the names of vaebench's Optuna attributes
+    internals  every use of Optuna's private names, each with its reason
+"""
+from vaebench.search.attrs import PARENT_ATTR, REASON_ATTR, RUN_ATTR, WORKER_ATTR
+from vaebench.search.recovery import Process, requeue
+from vaebench.search.space import PRUNERS, SAMPLERS, AnyPruner, GridSampler, create_study, suggest
+from vaebench.search.storage import check_storage, checkpoint_folder, heartbeat_enabled, journal_path, open_storage, setup_lock
+from vaebench.search.study import parent_run, run_study
+from vaebench.search.worker import Progress, StudyRun, Worker, Withdrawn
+
+__all__ = [
+    "PARENT_ATTR", "PRUNERS", "REASON_ATTR", "RUN_ATTR", "SAMPLERS", "WORKER_ATTR", "AnyPruner", "GridSampler",
+    "Process", "Progress", "StudyRun", "Withdrawn", "Worker", "check_storage", "checkpoint_folder", "create_study",
+    "heartbeat_enabled", "journal_path", "open_storage", "parent_run", "requeue", "run_study", "setup_lock",
+    "suggest",
+]

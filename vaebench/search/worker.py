@@ -1,0 +1,307 @@
+"""The worker loop: one `vaebench run` process working on a study, alone or beside others.
+
+- a trial that raises or diverges is FAIL in Optuna and FAILED in MLflow, with its reason;
+  the study goes on;
+- Ctrl-C: the running trial stops at the end of its epoch, is FAIL / KILLED (INTERRUPTED),
+  and is queued again (same values) for the next run;
+- a dead worker: see `recovery`; its trials are failed and retried once;
+- several workers at once: they converge on one parent run, and each checks before a trial
+  that the study still needs it, so together they finish exactly n_trials trials.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from vaebench import artifacts, checkpoint, mlflow_view, train, tracking_ui
+from vaebench import tracking as tk
+from vaebench import trial as pipeline
+from vaebench.config import StudySpec
+from vaebench.errors import DivergenceError
+from vaebench.search import internals, recovery
+from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
+from vaebench.search.space import GridSampler, suggest
+from vaebench.board import TensorBoardRun
+from vaebench.tracking import StudyTracker, TrialRun
+
+
+@dataclass
+class Progress:
+    """What the CLI's progress bar shows; search calls these hooks."""
+
+    on_epoch: Callable[[int, int, int], None] = lambda trial, epoch, epochs: None
+    on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] = lambda s, t: None
+
+
+@dataclass
+class StudyRun:
+    study: optuna.Study
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    finished: int
+    total: int
+    failures: dict[int, str] = field(default_factory=dict)  # trials that raised or diverged in this run
+    retried: list[int] = field(default_factory=list)  # trials of dead workers queued again
+    interrupted: bool = False
+
+
+class Withdrawn(Exception):
+    """A trial that another worker made unnecessary; it is failed before it starts."""
+
+
+@dataclass
+class _Current:
+    number: int
+    run: TrialRun | None = None
+
+
+class Worker:
+    """One `vaebench run` process working on a study, alone or beside others. `heartbeat`: the
+    study's storage has Optuna's heartbeat (storage.heartbeat_enabled)."""
+
+    def __init__(
+        self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
+        progress: Progress, stop: threading.Event, data_dir: str | None = None,
+        tensorboard_dir: str | None = None, artifacts_mode: str = "all",
+        ckpt_options: checkpoint.Options | None = None, *, heartbeat: bool = False,
+    ) -> None:
+        self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
+        self.ckpt_options = ckpt_options
+        self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
+        self.artifacts_mode = artifacts_mode
+        self.me = recovery.Process.current()
+        self.heartbeat = heartbeat
+        self.failures: dict[int, str] = {}
+        self.retried: list[int] = []
+        self.current: _Current | None = None
+        self.requeued = False
+        self.source_tags = tracking_ui.source_tags()
+        self.background = artifacts.Background()
+
+    def sweep(self) -> None:
+        """Fail and queue again the trials of dead workers; end child runs left RUNNING."""
+        self.retried += recovery.sweep(self.study, self.heartbeat)
+        recovery.close_orphan_runs(self.study, self.tracker, self.parent_id)
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def run(self) -> StudyRun:
+        complete = len(self.study.get_trials(deepcopy=False, states=DONE)) >= self.total
+        if not complete:
+            self.tracker.reopen(self.parent_id)
+        interrupted = False
+        try:
+            self.sweep()
+            self.loop()
+        except KeyboardInterrupt:
+            interrupted = True
+            self.on_interrupt()
+        finally:
+            for failure in self.background.wait():  # the trials' charts and models, written meanwhile
+                print(f"vaebench: warning: {failure}", file=sys.stderr)
+        interrupted = interrupted or self.stop.is_set()
+        if not interrupted:
+            self.finish_best()
+        trials = self.study.get_trials(deepcopy=False)
+        done = sum(t.state in DONE for t in trials)
+        if not complete or self.tracker.run(self.parent_id).status() != "FINISHED":
+            self.end_parent(trials, done, interrupted)
+        return StudyRun(self.study, self.parent_id, self.tracker.experiment_id, self.tracker.tracking_uri,
+                        done, self.total, self.failures, self.retried, interrupted)
+
+    def loop(self) -> None:
+        """New trials while the study needs them: finished + running < total. Each worker
+        starts at most as many new trials as were missing when it began, so a study whose
+        trials all fail ends; queued re-runs (dead workers, Ctrl-C) come on top."""
+        budget = max(self.total - len(self.study.get_trials(deepcopy=False, states=DONE)), 0)
+        started = 0
+        while not self.stop.is_set():
+            trials = self.study.get_trials(deepcopy=False)
+            count = Counter(t.state for t in trials)
+            if sum(count[s] for s in (*DONE, TrialState.RUNNING)) >= self.total:
+                return
+            if not count[TrialState.WAITING]:
+                if started >= budget:
+                    return
+                if isinstance(self.study.sampler, GridSampler) and not self.study.sampler.free_points(trials):
+                    return
+            self.current, self.requeued = None, False
+            self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
+                                callbacks=[self.progress.on_trial_end], gc_after_trial=False)
+            started += not self.requeued
+            self.sweep()
+
+    def admit(self, me: FrozenTrial) -> str | None:
+        """Why this trial is not needed (None: run it). Trials that started earlier come first:
+        finished ones, and running ones that may still finish, fill the study up to its total;
+        a grid point is run once."""
+        trials = self.study.get_trials(deepcopy=False)
+        order = lambda t: (t.datetime_start or datetime.max, t.number)  # noqa: E731
+        ahead = [t for t in trials if t.state == TrialState.RUNNING and order(t) < order(me)]
+        done = [t for t in trials if t.state in DONE]
+        if len(done) + len(ahead) >= self.total:
+            return f"the study has its {self.total} trials"
+        point = internals.grid_point(me)
+        if point is not None and any(internals.grid_point(t) == point for t in done + ahead):
+            return f"grid point {point} is taken"
+        return None
+
+    def on_interrupt(self) -> None:
+        """Ctrl-C: the trial that was running is FAIL in Optuna, KILLED (INTERRUPTED) in MLflow,
+        and queued again with the same values."""
+        current = self.current
+        if current is None:
+            return
+        trial = self._stored(current.number)
+        if trial.state == TrialState.RUNNING:  # a second Ctrl-C came before Optuna recorded the failure
+            recovery.fail(self.study, trial, INTERRUPTED)
+            trial = self._stored(current.number)
+        if trial.state == TrialState.FAIL and trial.user_attrs.get(REASON_ATTR) in (None, INTERRUPTED):
+            recovery.requeue(self.study, trial, retry=False)  # not a trial that failed on its own, or was not needed
+        if current.run and current.run.status() == "RUNNING":
+            current.run.finish("INTERRUPTED", INTERRUPTED)
+
+    def _stored(self, number: int) -> FrozenTrial:
+        """Trial `number` as stored now."""
+        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+
+    def finish_best(self) -> None:
+        """Give the best trial so far the full artifact set (charts, MLflow model in the
+        standalone `pt2` format), rebuilt from its logged weights, unless it has it. Every
+        worker does this as it ends, so the last one to end covers the study's final best."""
+        try:
+            best = self.study.best_trial
+        except ValueError:  # no complete trial
+            return
+        run_id = best.user_attrs.get(RUN_ATTR)
+        if not run_id or artifacts.has_full(self.tracker.run(run_id), standalone=True):
+            return
+        cfg = self.spec.with_params(self.spec.search.values(best.params))
+        ds = pipeline.load_data(cfg, self.data_dir)
+        model = artifacts.load_weights(self.tracker.run(run_id), pipeline.build_model(cfg, ds))
+        name = tracking_ui.logged_model_name(best.number, self.spec.search.values(best.params))
+        artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id, name, cfg.flat(),
+                           step=cfg.train.epochs)
+
+    def end_parent(self, trials: list[FrozenTrial], done: int, interrupted: bool) -> None:
+        """COMPLETE once the study is complete; else, when no other worker is running a trial,
+        INTERRUPTED after Ctrl-C or INCOMPLETE (trials failed; running again retries them)."""
+        summary = {"n_trials_done": float(done)}
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            summary[f"best_{self.spec.search.objective}"] = self.study.best_value
+            best_run = self.study.best_trial.user_attrs.get(RUN_ATTR)
+            if best_run:
+                tracking_ui.summarize_parent(self.tracker.run(self.parent_id), best_run, self.spec.search.objective)
+        if done >= self.total:
+            self.tracker.end_parent(self.parent_id, "COMPLETE", summary)
+        elif not any(t.state == TrialState.RUNNING for t in trials):
+            self.tracker.end_parent(self.parent_id, "INTERRUPTED" if interrupted else "INCOMPLETE", summary)
+
+    # -- one trial ----------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float:
+        self.current = _Current(trial.number)
+        trial.set_user_attr(WORKER_ATTR, asdict(self.me) | {"trial": trial.number})
+        frozen = self._stored(trial.number)
+        self.requeued = REQUEUED_ATTR in frozen.user_attrs or internals.retried_trial_number(frozen) is not None
+        why_not = self.admit(frozen)
+        if why_not:
+            trial.set_user_attr(REASON_ATTR, f"not run: {why_not}")
+            raise Withdrawn(why_not)
+        try:
+            return self.train_trial(trial)
+        except (optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            self.failures[trial.number] = reason
+            if isinstance(self.study.sampler, GridSampler):
+                self.study.sampler.failed_here.add(trial.number)
+            trial.set_user_attr(REASON_ATTR, reason)
+            if self.current.run:
+                self.current.run.finish("FAIL", reason + "\n" + traceback.format_exc(limit=5))
+            raise
+
+    def train_trial(self, trial: optuna.Trial) -> float:
+        """Sample, train, evaluate and track one trial; its child run ends PRUNED, INTERRUPTED
+        or COMPLETE here (FAIL in `objective`)."""
+        spec = self.spec
+        params = suggest(trial, spec)
+        cfg = spec.with_params(params)
+        ds = pipeline.load_data(cfg, self.data_dir)
+        name = pipeline.run_name(trial.number, params)
+        tags = pipeline.environment() | {
+            tk.DATASET_FINGERPRINT: ds.fingerprint,
+            tk.DEVICE: str(train.resolve_device(cfg.device)),
+            tk.SEED: cfg.seed,
+            tk.OPTUNA_TRIAL_ID: internals.trial_id(trial),
+            tk.RUN_COLOR: mlflow_view.run_color(spec, params),
+        } | self.source_tags
+        ckpt, resume, run = None, None, None
+        if self.ckpt_options is not None:
+            ckpt = checkpoint.TrialCheckpoint(self.ckpt_options.folder, checkpoint.identity(cfg.flat(), ds.fingerprint))
+            resume = ckpt.load()  # a damaged or foreign file fails the trial, in one line
+            if resume is not None:
+                earlier = ckpt.info_of_saved().get("run_id")
+                run = self.tracker.resume_trial(earlier, trial.number, tags | {tk.RESUMED_AT_EPOCH: resume["epoch"]})
+        if run is None:
+            run = self.tracker.start_trial(self.parent_id, trial.number, name, tags)
+            run.log_params(cfg.flat())
+        if ckpt is not None:
+            ckpt.info = {"run_id": run.run_id, "study": spec.name}
+            ckpt.after_save = lambda state: trial.set_user_attr(CHECKPOINT_ATTR, int(state["epoch"]))
+            if resume is not None:
+                trial.set_user_attr(RESUMED_ATTR, int(resume["epoch"]))
+        assert self.current is not None
+        self.current.run = run
+        trial.set_user_attr(RUN_ATTR, run.run_id)
+        tracking_ui.log_dataset(run, ds, self.data_dir or f"vaebench.data:{ds.name}")
+        objective_key = spec.search.objective
+        for past in (resume or {}).get("history", {}).get("epochs", []):  # the pruner sees the whole curve
+            trial.report(past[objective_key], int(past["epoch"]))
+
+        def report(epoch: int, m: dict[str, float]) -> None:
+            self.progress.on_epoch(trial.number, epoch, cfg.train.epochs)
+            if self.stop.is_set():
+                raise KeyboardInterrupt
+            trial.report(m[objective_key], epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+        board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
+        try:
+            full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
+            final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options, resume,
+                                                tracking_ui.logged_model_name(trial.number, params), self.background)
+        except optuna.TrialPruned as exc:
+            run.finish("PRUNED", str(exc))
+            self.drop_checkpoint(ckpt)
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr(REASON_ATTR, INTERRUPTED)
+            run.finish("INTERRUPTED", INTERRUPTED)
+            raise
+        except DivergenceError:
+            self.drop_checkpoint(ckpt)  # it would diverge again from there; other failures keep it
+            raise
+        finally:
+            if board:
+                board.close()
+        tracking_ui.describe_run(run, tracking_ui.trial_summary(name, objective_key, final))
+        run.finish("COMPLETE")  # its charts and model may still be being written on `background`
+        self.drop_checkpoint(ckpt)
+        return final[objective_key]
+
+    def drop_checkpoint(self, ckpt: checkpoint.TrialCheckpoint | None) -> None:
+        if ckpt is not None and self.ckpt_options is not None and not self.ckpt_options.keep:
+            ckpt.remove()

@@ -1,0 +1,88 @@
+"""Store URLs shared by Optuna (--storage) and MLflow (--tracking-uri): printing them without
+passwords, finding the file behind an SQLite URL, and refusing, before anything is written, a
+store that cannot work."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from vaebench.errors import InputError
+
+
+def redact(url: str) -> str:
+    """A store URL fit to print: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`."""
+    return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", url)
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line for an error message: the OS reason (`[Errno 111] Connection refused`) when the
+    exception wraps one, else its first line."""
+    text = str(exc)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    line = errno.group(0) if errno else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return line[:300]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a `sqlite:///...` URL (relative to the current folder); None for anything else."""
+    if not url.lower().startswith("sqlite:"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def check_store_url(url: str, what: str) -> None:
+    """Refuse, before anything is written, a database URL that cannot work: an SQLite file in a
+    folder that does not exist (or that is not an SQLite file), or a server that does not answer.
+    `what` names the flag in the message."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InputError(f"{what}: not a database URL ({short_reason(exc)})") from None
+    path = sqlite_path(url)
+    if parsed.get_backend_name() == "sqlite":
+        if path is not None:
+            _check_sqlite_file(path, what)
+        return
+    import sqlalchemy
+
+    timeout = {"connect_timeout": 10} if parsed.get_backend_name() in ("postgresql", "mysql", "mariadb") else {}
+    engine = None
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=timeout)
+        with engine.connect():
+            pass
+    except Exception as exc:  # noqa: BLE001 - missing driver, refused, bad credentials: all bad input
+        raise InputError(f"{what}: cannot connect ({short_reason(exc)})") from None
+    finally:
+        if engine is not None:
+            engine.dispose()
+
+
+def check_file_location(path: Path, what: str) -> None:
+    """A store file can be created or opened at `path`: its folder exists and is writable, and
+    nothing but a file is there already."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"{what}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{what}: folder {folder} is not writable")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{what}: {path} is not a file")
+
+
+def _check_sqlite_file(path: Path, what: str) -> None:
+    check_file_location(path, what)
+    if path.exists():
+        with path.open("rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise InputError(f"{what}: {path} is not an SQLite database")
