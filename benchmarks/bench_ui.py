@@ -30,6 +30,8 @@ import requests
 
 from common import ROOT, median, print_table, write_report
 
+from vaebench import stores
+
 # The former `vaebench ui`: a vaebench process (MLflow imported) waiting on `mlflow ui`.
 FORMER = ("import subprocess, sys\nimport vaebench.tracking\n"
           "sys.exit(subprocess.call([sys.executable, '-m', 'mlflow', 'ui', '--backend-store-uri', sys.argv[1],"
@@ -85,17 +87,8 @@ def measure(variant: str, uri: str, settle_s: float) -> dict[str, Any]:
     proc = subprocess.Popen(command(variant, uri, port), env=env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        start, base = time.perf_counter(), f"http://127.0.0.1:{port}"
-        while True:
-            try:
-                if requests.get(f"{base}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or busy starting
-                pass
-            if proc.poll() is not None or time.perf_counter() - start > 120:
-                raise RuntimeError(f"{variant}: the server did not start")
-            time.sleep(0.2)
-        ready_s = time.perf_counter() - start
+        base = f"http://127.0.0.1:{port}"
+        ready_s = stores.wait_for_server(base, proc)
         api = f"{base}/ajax-api/2.0/mlflow"
         experiments = requests.post(f"{api}/experiments/search", json={"max_results": 100}, timeout=30).json()
         ids = [e["experiment_id"] for e in experiments.get("experiments", [])]

@@ -230,3 +230,19 @@ def test_source_tags_fill_the_user_and_source_columns() -> None:
     tags = tracking_ui.source_tags()
     assert {"mlflow.user", "mlflow.source.name", "mlflow.source.type"} <= set(tags)
     assert all(k.startswith(("mlflow.source.", "mlflow.user")) for k in tags)
+
+
+@pytest.mark.skipif(not tracking_ui.system_metrics_available(), reason="psutil is not installed (the system-metrics extra)")
+def test_system_metrics_sample_while_the_block_runs_and_once_at_its_end(client: MlflowClient) -> None:
+    import time
+
+    run = tracking.TrialRun(client, client.create_run(fresh(client)).info.run_id)
+    with tracking_ui.system_metrics(run, interval_s=3600):  # shorter than one interval: the end sample
+        pass
+    key = "system/cpu_utilization_percentage"
+    assert [m.step for m in client.get_metric_history(run.run_id, key)] == [0]
+    with tracking_ui.system_metrics(run, interval_s=0.2):  # a resumed trial goes on from the last step
+        time.sleep(1.0)
+    steps = [m.step for m in client.get_metric_history(run.run_id, key)]
+    assert steps == list(range(len(steps))) and len(steps) >= 3
+    assert "system/system_memory_usage_megabytes" in client.get_run(run.run_id).data.metrics

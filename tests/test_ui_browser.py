@@ -15,16 +15,16 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from mlflow import MlflowClient
 
-from conftest import CALL_REPORT, REPO
+from conftest import CALL_REPORT
+from helpers import REPO
+from vaebench import stores
 from vaebench.config import load_study
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
@@ -65,15 +65,7 @@ def ui(smoke: Path) -> Iterator[str]:
         first = proc.stdout.readline()
         assert first.startswith("smoke: http://127.0.0.1:"), first
         link = first.split(": ", 1)[1].strip()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:  # not listening yet, or busy starting
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, "the MLflow server did not start"
-            time.sleep(0.5)
+        stores.wait_for_server(f"http://127.0.0.1:{port}", proc, timeout_s=120)
         yield link
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

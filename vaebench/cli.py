@@ -52,9 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads for this worker (default: torch's; use 1 with several workers)")
+    run.add_argument("--system-metrics", action="store_true",
+                     help="MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every "
+                          "trial's run; needs psutil (pip install -e \".[system-metrics]\")")
     run.add_argument("--artifacts", choices=("all", "best"), default="all",
                      help="which trials get the charts and the MLflow model (default all; best: only the "
-                          "study's best trial, at the end, which saves ~0.35 s a trial; every trial keeps "
+                          "study's best trial, at the end; every trial keeps "
                           "its image grids and weights)")
     run.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                      help="folder for running trials' checkpoints, shared by all workers (default: "
@@ -116,11 +119,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import board, checkpoint, report, search, stores, tracking, trial
+    from vaebench import board, checkpoint, report, search, stores, tracking, tracking_ui, trial
     from vaebench.progress import ProgressBar
 
     if args.tensorboard and not board.tensorboard_available():
         raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+    if args.system_metrics and not tracking_ui.system_metrics_available():
+        raise InputError("--system-metrics: the psutil package is not installed (pip install psutil)")
 
     tracking.quiet()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -144,7 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
-                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options)
+                                      artifacts_mode=args.artifacts, ckpt_options=ckpt_options,
+                                      system_metrics=args.system_metrics)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")

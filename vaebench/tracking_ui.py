@@ -1,16 +1,20 @@
 """What the MLflow UI shows of a study beyond params and metrics: the dataset input of each
 trial, readable model names, descriptions, source tags, the parent's summary of the best
-trial and the saved runs-page view (built by vaebench.mlflow_view).
+trial, the saved runs-page view (built by vaebench.mlflow_view) and, on request, MLflow's
+system metrics.
 
 It decides what to write; tracking.py, which names every tag, writes it.
 """
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import math
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from vaebench import data, mlflow_view
@@ -95,3 +99,30 @@ def save_view(tracker: tk.StudyTracker, spec: StudySpec, mlflow_version: str | N
     key, value = mlflow_view.view_tag(spec, int(time.time() * 1000))
     tracker.set_experiment_tag(key, value)
     return True
+
+
+SYSTEM_INTERVAL_S = 10.0  # MLflow's default; MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it
+
+
+def system_metrics_available() -> bool:
+    return importlib.util.find_spec("psutil") is not None
+
+
+@contextmanager
+def system_metrics(run: tk.TrialRun, interval_s: float = SYSTEM_INTERVAL_S) -> Iterator[None]:
+    """MLflow's system metrics monitor (CPU, memory, disk, network; GPU where nvidia-ml-py finds
+    one) on `run` while the block runs: a sample every `interval_s` and one more at the end, so
+    a trial shorter than the interval is measured too (psutil's CPU share since the last
+    sample). A resumed run goes on from its last step."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run.run_id, sampling_interval=interval_s, resume_logging=True,
+                                   tracking_uri=run.client.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
+        monitor.collect_metrics()
+        monitor.publish_metrics(monitor.aggregate_metrics())
+        monitor.mlflow_logger.flush()

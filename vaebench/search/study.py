@@ -52,13 +52,14 @@ def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
-    ckpt_options: checkpoint.Options | None = None,
+    ckpt_options: checkpoint.Options | None = None, system_metrics: bool = False,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
-    its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
+    its last one, in the same MLflow child run. `system_metrics`: MLflow's system metrics on
+    every trial's run. `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
     "best" only the best trial. `stop`, once set (the CLI's first Ctrl-C), ends the running
     trial after its epoch as if interrupted, and starts no other; the result then has
     `interrupted` set.
@@ -75,5 +76,6 @@ def run_study(
         tracking_ui.save_view(tracker, spec)
     ckpt_options = ckpt_options or checkpoint.Options(checkpoint_folder(storage_url, spec.name))
     worker = Worker(spec, study, tracker, parent_id, total, progress or Progress(), stop or threading.Event(),
-                    data_dir, tensorboard_dir, artifacts_mode, ckpt_options, heartbeat=heartbeat_enabled(storage))
+                    data_dir, tensorboard_dir, artifacts_mode, ckpt_options, heartbeat=heartbeat_enabled(storage),
+                    system_metrics=system_metrics)
     return worker.run()

@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import traceback
@@ -73,12 +74,13 @@ class Worker:
         self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
         progress: Progress, stop: threading.Event, data_dir: str | None = None,
         tensorboard_dir: str | None = None, artifacts_mode: str = "all",
-        ckpt_options: checkpoint.Options | None = None, *, heartbeat: bool = False,
+        ckpt_options: checkpoint.Options | None = None, *, heartbeat: bool = False, system_metrics: bool = False,
     ) -> None:
         self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
         self.ckpt_options = ckpt_options
         self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
         self.artifacts_mode = artifacts_mode
+        self.system_metrics = system_metrics
         self.me = recovery.Process.current()
         self.heartbeat = heartbeat
         self.failures: dict[int, str] = {}
@@ -281,8 +283,10 @@ class Worker:
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
-            final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options, resume,
-                                                tracking_ui.logged_model_name(trial.number, params), self.background)
+            with tracking_ui.system_metrics(run) if self.system_metrics else contextlib.nullcontext():
+                final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options,
+                                                    resume, tracking_ui.logged_model_name(trial.number, params),
+                                                    self.background)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             self.drop_checkpoint(ckpt)
