@@ -341,3 +341,20 @@ def test_download_true_in_the_study_fetches_before_the_study_starts(tmp_path: Pa
     trial.check_data(spec, tmp_path / "full.yaml", str(tmp_path / "fresh"))
     assert sorted(p.name for p in (tmp_path / "fresh" / "MNIST" / "raw").iterdir()) == sorted(IDX_FILES)
     assert cli.build_parser().parse_args(["run", "--study", "full", "--download"]).download is True
+
+
+# -- the real MNIST files (../shared/data beside the checkout, as in CI) ----------------------
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "MNIST" / "raw").is_dir(),
+                    reason=f"the real MNIST files are not in {SHARED_DATA} (CI and the reference runs have them)")
+def test_real_mnist_from_a_read_only_folder_is_the_official_split() -> None:
+    before = sorted((p, p.stat().st_mtime_ns) for p in SHARED_DATA.rglob("*"))
+    ds = data.load("mnist", seed=0, binarize="dynamic", val_fraction=0, data_dir=SHARED_DATA)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (60_000, 0, 10_000)
+    assert torch.bincount(ds.train.y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    assert abs(ds.train.x.mean().item() - 0.1307) < 5e-4 and abs(ds.train.x.std().item() - 0.3081) < 5e-4
+    assert set(ds.test.x.unique().tolist()) == {0.0, 1.0}  # the test digits binarized once, fixed
+    assert sorted((p, p.stat().st_mtime_ns) for p in SHARED_DATA.rglob("*")) == before  # nothing written

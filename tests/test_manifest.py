@@ -6,10 +6,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
-from conftest import REPO
+from helpers import REPO
 from vaebench import config, manifest
+from vaebench.errors import InputError
 
 
 def git(folder: Path, *args: str) -> str:
@@ -20,7 +22,9 @@ def git(folder: Path, *args: str) -> str:
 def test_package_versions_are_the_installed_ones() -> None:
     versions = manifest.package_versions(["numpy", "torch", "no-such-package-here"])
     assert versions["numpy"] == importlib.metadata.version("numpy")
-    assert versions["torch"] == importlib.metadata.version("torch")
+    # torch with its build tag (+cu130, +cpu), which its distribution metadata leaves out
+    assert versions["torch"] == torch.__version__
+    assert versions["torch"].split("+")[0] == importlib.metadata.version("torch").split("+")[0]
     assert versions["no-such-package-here"] is None
 
 
@@ -41,6 +45,7 @@ def test_hardware_counts() -> None:
     hw = manifest.hardware("cpu")
     assert hw["cpu_count"] == os.cpu_count() and hw["torch_threads"] == torch.get_num_threads()
     assert "cuda_device" not in hw
+    assert isinstance(hw["cpu"], str)
 
 
 def test_collect_write_read_round_trip(tmp_path: Path) -> None:
@@ -56,3 +61,20 @@ def test_collect_write_read_round_trip(tmp_path: Path) -> None:
     assert back["python"]["version"] and back["packages"]["scikit-learn"]
     if (REPO / ".git").exists():  # this test runs from a checkout: its commit is recorded
         assert back["vaebench"]["git"]["commit"] == git(REPO, "rev-parse", "HEAD")
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    (None, "no manifest"),
+    ("{", "not a manifest"),
+    ("[1, 2]", "a JSON object is expected"),
+    ('{"command": [], "vaebench": {}, "python": {}, "packages": {}, "hardware": {}, "datasets": {}}', "study: missing"),
+    ('{"command": "run", "vaebench": {}, "python": {}, "packages": {}, "hardware": {}, "datasets": {}, "study": {}}',
+     "command: missing or not a JSON list"),
+])
+def test_read_refuses_a_missing_or_malformed_manifest_in_one_line(tmp_path: Path, text: str | None, says: str) -> None:
+    if text is not None:
+        (tmp_path / "manifest.json").write_text(text)
+    with pytest.raises(InputError) as err:
+        manifest.read(tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'manifest.json'}: ") and says in message and "\n" not in message

@@ -256,11 +256,12 @@ def test_build_rejects_bad_latent_dim(latent_dim):
 
 def test_introspection_and_config_roundtrip():
     assert models.describe() == {"architectures": ["conv", "mlp", "tutorial_mlp"],
+                                 "activations": ["elu", "relu", "softplus", "tanh"],
                                  "objectives": ["ae", "annealed_vae", "beta_tcvae", "beta_vae", "iwae", "vae"],
                                  "likelihoods": ["bernoulli", "discretized_logistic", "gaussian"]}
     assert models.objective_hparams("beta_vae") == {"beta": 1.0}
     assert models.objective_hparams("vae") == {} == models.objective_hparams("ae")
-    assert models.arch_hparams("conv") == {"channels": (32, 64), "hidden": 256}
+    assert models.arch_hparams("conv") == {"channels": (32, 64), "hidden": 256, "activation": "relu"}
     m = models.build(arch="conv", objective="beta_vae", latent_dim=3, likelihood="gaussian",
                      input_shape=(1, 8, 8), hidden=16)
     assert m.config == {"arch": "conv", "objective": "beta_vae", "latent_dim": 3, "likelihood": "gaussian",
@@ -291,3 +292,18 @@ def test_a_few_adam_steps_lower_the_reconstruction():
         after = m.loss(x, generator=gen(1))
     assert after.recon.mean().item() < 0.3 * before  # ~45 -> ~5 nats in practice
     assert torch.isfinite(after.elbo).all()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_the_hidden_activation_is_a_setting_of_mlp_and_conv(arch: str) -> None:
+    model = models.build(arch=arch, objective="vae", latent_dim=3, likelihood="bernoulli",
+                         input_shape=(1, 28, 28), activation="tanh")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Tanh" in kinds and "ReLU" not in kinds
+    assert model.config["activation"] == "tanh"  # rebuilds the same network
+    default = {type(m).__name__ for m in models.build(arch=arch, objective="vae", latent_dim=3,
+                                                      likelihood="bernoulli", input_shape=(1, 28, 28)).modules()}
+    assert "ReLU" in default and "Tanh" not in default
+    with pytest.raises(ValueError, match="unknown activation 'gelu'; known: elu, relu, softplus, tanh"):
+        models.build(arch=arch, objective="vae", latent_dim=3, likelihood="bernoulli",
+                     input_shape=(1, 28, 28), activation="gelu")

@@ -1,4 +1,4 @@
-"""`python -m vaebench` / `vaebench`: run, list, leaderboard, report, ui.
+"""`python -m vaebench` / `vaebench`: run, list, leaderboard, report, replay, ui.
 
 A thin shell over config, trial, search, report. Heavy libraries (torch, MLflow, Optuna) are
 imported inside the commands, so `--help` and `list` start fast. Bad input is one line on
@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(rep)
     rep.add_argument("--results", default="results", help="folder for reports (default ./results)")
 
+    rp = sub.add_parser("replay", help="rerun one trial of a report folder from its manifest and check its numbers")
+    rp.add_argument("folder", help="a report folder holding manifest.json and trials.csv, e.g. results/beta_sweep")
+    rp.add_argument("--trial", type=int, default=None, metavar="N", help="the trial to rerun (default: the best)")
+    rp.add_argument("--data-dir", default=os.environ.get("VAEBENCH_DATA"), help="folder of local datasets")
+
     ui = sub.add_parser("ui", help="start the MLflow UI on this folder's runs")
     ui.add_argument("--tracking-uri", default=None)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: local only)")
@@ -150,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
                                       artifacts_mode=args.artifacts, ckpt_options=ckpt_options,
-                                      system_metrics=args.system_metrics)
+                                      system_metrics=args.system_metrics, command=["vaebench", *args.argv])
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
@@ -222,11 +227,12 @@ def _graceful_sigint(stop: threading.Event) -> Iterator[None]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from vaebench import data, models
+    from vaebench import data, models, schedules
     from vaebench.config import STUDY_DIRS
 
     for kind, names in models.describe().items():
         print(f"{kind + ':':15s} {', '.join(names)}")
+    print(f"{'schedules:':15s} {', '.join(sorted(schedules.SCHEDULES))}")
     print(f"{'datasets:':15s} {', '.join(sorted(data.DATASETS))}")
     studies = sorted({p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml")})
     print(f"{'studies:':15s} {', '.join(studies)}")
@@ -264,6 +270,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), name, Path(args.results))
     print(f"report: {folder / 'report.md'}")
     return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Exit codes: 0 identical, 1 the numbers differ (the differences are printed), 2 bad input."""
+    from vaebench import replay, tracking
+
+    tracking.quiet()
+    folder = Path(args.folder)
+    outcome = replay.replay(folder, args.trial, args.data_dir)
+    print(replay.summary(outcome, folder))
+    return 0 if outcome.identical else 1
 
 
 # MLflow's job executor (a job runner and its huey consumer processes) runs GenAI jobs, which
@@ -304,11 +321,14 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.execvpe(cmd[0], cmd, os.environ | UI_ENV)
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,
+            "replay": cmd_replay, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # the command line, for the manifest
     try:
         return COMMANDS[args.command](args)
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from vaebench import schedules, validate
 from vaebench.errors import InputError
+from vaebench.literature import LiteratureSpec
 from vaebench.studyfile import StudyLoader, format_validation_error
 from vaebench.validate import SettingError, shown
 
@@ -242,6 +243,13 @@ class StudySpec(_Strict):
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     search: SearchSpec
+    literature: LiteratureSpec | None = None  # published numbers the report compares with
+
+    @model_validator(mode="after")
+    def _literature_measured(self) -> StudySpec:
+        if self.literature and self.literature.metric == "test_iwae_ll" and not self.eval.iwae_k:
+            raise ValueError("literature.metric: test_iwae_ll needs eval.iwae_k, its importance samples")
+        return self
 
     @model_validator(mode="after")
     def _space_values_valid(self) -> StudySpec:
@@ -275,7 +283,7 @@ class StudySpec(_Strict):
 
     def trial_tree(self, params: dict[str, Any]) -> dict[str, Any]:
         """This study's settings (without search) as a tree, `params` set at their dotted keys."""
-        tree = self.model_dump(exclude={"search"})
+        tree = self.model_dump(exclude={"search", "literature"})
         for key, value in params.items():
             *parents, leaf = key.split(".")
             node = tree

@@ -7,6 +7,7 @@ fingerprints of the datasets used. `collect` gathers it; `write` stores it atomi
 """
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -20,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from vaebench import __version__
+from vaebench.errors import InputError
+from vaebench.stores import short_reason
 
 FILENAME = "manifest.json"
+SECTIONS = {"command": list, "vaebench": dict, "python": dict, "packages": dict, "hardware": dict,
+            "datasets": dict, "study": dict}  # what `read` requires
 # the packages behind the numbers: training (torch), tracking and search (MLflow, Optuna),
 # latent scores (scikit-learn: clustering, probes, MIG/DCI), arrays and statistics
 PACKAGES = ("torch", "mlflow", "optuna", "scikit-learn", "numpy", "scipy", "pandas")
@@ -29,14 +34,36 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def package_versions(names: Sequence[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed distribution versions (None for one not installed), without importing them."""
+    """Installed distribution versions (None for one not installed). torch's carries its build
+    tag (`2.14.1+cu130`, `+cpu`), which its distribution metadata leaves out: a CUDA and a CPU
+    wheel of one release compute differently."""
     out: dict[str, str | None] = {}
     for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
+    if out.get("torch"):
+        import torch
+
+        out["torch"] = torch.__version__
     return out
+
+
+def python() -> dict[str, str]:
+    return {"version": platform.python_version(), "implementation": platform.python_implementation()}
+
+
+@functools.cache
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what `platform` knows, else ''."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def git_state(folder: Path = PACKAGE_DIR) -> dict[str, Any] | None:
@@ -54,10 +81,11 @@ def git_state(folder: Path = PACKAGE_DIR) -> dict[str, Any] | None:
 
 
 def hardware(device: str = "cpu") -> dict[str, Any]:
-    """CPU count, torch's intra-op threads and, for a CUDA device, its name and count."""
+    """CPU model and count, torch's intra-op threads and, for a CUDA device, its name and count."""
     import torch
 
-    out: dict[str, Any] = {"device": device, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    out: dict[str, Any] = {"device": device, "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+                           "torch_threads": torch.get_num_threads(),
                            "torch_interop_threads": torch.get_num_interop_threads(),
                            "machine": platform.machine(), "system": platform.system()}
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -74,7 +102,7 @@ def collect(study: Mapping[str, Any], fingerprints: Mapping[str, str], command: 
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": list(command if command is not None else [sys.executable, *sys.argv]),
         "vaebench": {"version": __version__, "git": git_state()},
-        "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
+        "python": python(),
         "packages": package_versions(),
         "hardware": hardware(device),
         "datasets": dict(fingerprints),
@@ -95,4 +123,18 @@ def write(manifest: Mapping[str, Any], folder: Path) -> Path:
 
 
 def read(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / FILENAME).read_text())
+    """`folder/manifest.json`; an InputError (one line) when it is missing, not JSON or lacks
+    a section replay needs."""
+    path = folder / FILENAME
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no manifest (the study's report was written without one)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not a manifest ({short_reason(exc)})") from None
+    if not isinstance(doc, dict):
+        raise InputError(f"{path}: not a manifest (a JSON object is expected)")
+    for key, kind in SECTIONS.items():
+        if not isinstance(doc.get(key), kind):
+            raise InputError(f"{path}: {key}: missing or not a JSON {'object' if kind is dict else 'list'}")
+    return doc

@@ -22,7 +22,7 @@ import pandas as pd
 from mlflow import MlflowClient
 from scipy import stats
 
-from vaebench import significance
+from vaebench import literature, manifest, significance
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
@@ -172,7 +172,7 @@ def config_label(row: pd.Series, swept: list[str]) -> str:
     return " ".join(parts) or "all"
 
 
-def _same(logged: Any, choice: Any) -> bool:
+def same_value(logged: Any, choice: Any) -> bool:
     """A param as MLflow logged it (a string) is this choice."""
     if isinstance(choice, (int, float)) and not isinstance(choice, bool):
         try:
@@ -277,6 +277,29 @@ def _versions(record: StudyRecord) -> list[str]:
     ]
 
 
+def space_values(space: dict[str, Any], row: pd.Series) -> dict[str, Any]:
+    """The value each search dimension took in a trial, read from its logged `param.*`: the
+    matching choice of a list, the number of a range (`space` as StudySpec dumps it to JSON).
+    A KeyError names a dimension the row does not show."""
+    def logged(key: str, choice: Any) -> bool:
+        if isinstance(choice, dict):
+            return all(same_value(row.get(f"param.{key}.{sub}"), v) for sub, v in choice.items())
+        return same_value(row.get(f"param.{key}"), choice)
+
+    def value(key: str, dom: Any) -> Any:
+        if isinstance(dom, list):
+            found = [c for c in dom if logged(key, c)]
+            if not found:
+                raise KeyError(key)
+            return found[0]
+        raw = row.get(f"param.{key}")
+        if raw is None or pd.isna(raw):
+            raise KeyError(key)
+        return int(float(raw)) if dom.get("type") == "int" else float(raw)
+
+    return {k: value(k, dom) for k, dom in space.items()}
+
+
 def _optuna_study(record: StudyRecord) -> Any:
     """An in-memory Optuna study rebuilt from the tracked trials (so no Optuna storage is needed)."""
     import optuna
@@ -289,24 +312,14 @@ def _optuna_study(record: StudyRecord) -> Any:
             return IntDistribution(int(dom["low"]), int(dom["high"]), log=dom.get("log", False))
         return FloatDistribution(dom["low"], dom["high"], log=dom.get("log", False))
 
-    def logged(row: pd.Series, key: str, choice: Any) -> bool:
-        if isinstance(choice, dict):
-            return all(_same(row.get(f"param.{key}.{sub}"), v) for sub, v in choice.items())
-        return _same(row.get(f"param.{key}"), choice)
-
-    def value(key: str, dom: Any, row: pd.Series) -> Any:
-        if isinstance(dom, list):
-            return next(choice_label(c) for c in dom if logged(row, key, c))
-        raw = row[f"param.{key}"]
-        return int(float(raw)) if dom.get("type") == "int" else float(raw)
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=record.study, direction=record.direction)
     dists = {k: distribution(d) for k, d in record.space.items()}
     for _, row in record.finished.iterrows():
         if not math.isfinite(row.get(record.objective, math.nan)):
             continue
-        params = {k: value(k, dom, row) for k, dom in record.space.items()}
+        params = {k: choice_label(v) if isinstance(record.space[k], list) else v
+                  for k, v in space_values(record.space, row).items()}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=row[record.objective]))
     return study
 
@@ -381,12 +394,53 @@ def leaderboard_lines(board: pd.DataFrame, trials: pd.DataFrame, objective: str,
     ]
 
 
+def copy_manifest(record: StudyRecord, folder: Path) -> bool:
+    """The parent run's manifest.json into `folder`; False for a study whose parent run has
+    none (started before vaebench recorded manifests)."""
+    client = MlflowClient(record.tracking_uri)
+    run_id = record.parent.info.run_id
+    if manifest.FILENAME not in {a.path for a in client.list_artifacts(run_id)}:
+        return False
+    client.download_artifacts(run_id, manifest.FILENAME, str(folder))
+    return True
+
+
+def reproduce_lines(study: str, study_file: str, has_manifest: bool) -> list[str]:
+    """The `## Reproduce` section: the commands, and how to check the numbers."""
+    replay = ([f"python -m vaebench replay results/{study}   # reruns the best trial, compares its numbers"]
+              if has_manifest else [])
+    lines = ["## Reproduce", "", "```", f"python -m vaebench run --study {study_file}",
+             f"python -m vaebench report --study {study}", *replay, "```", ""]
+    if has_manifest:
+        return lines + ["[manifest.json](manifest.json) records the resolved study, the command, the versions, "
+                        "the hardware and the dataset fingerprints behind these numbers.", ""]
+    return lines + ["This study's run recorded no manifest.json, so `vaebench replay` cannot check it; "
+                    "the manifest comes with the next regenerated run.", ""]
+
+
+def literature_lines(record: StudyRecord, board: pd.DataFrame, folder: Path) -> list[str]:
+    """The comparison with the published numbers the study file names (literature.csv too)."""
+    text = record.parent.data.tags.get(tk.LITERATURE)
+    if not text:
+        return []
+    spec = literature.LiteratureSpec.from_json(text)
+    table = literature.comparison(board, spec)
+    if table.empty:
+        return []
+    write_csv(table, folder / "literature.csv")
+    hosts = record.trials.get(f"tag.{tk.HOST}", pd.Series(dtype=str)).dropna().unique()
+    devices = record.trials.get(f"tag.{tk.DEVICE}", pd.Series(dtype=str)).dropna().unique()
+    return literature.markdown(table, spec, "; ".join([*map(str, devices), *map(str, hosts)]) or "unknown")
+
+
 def build_report(record: StudyRecord, folder: Path) -> list[Path]:
-    """Write leaderboard.csv, trials.csv, report.md and figures/ into `folder` (which must be new)."""
+    """Write leaderboard.csv, trials.csv, report.md, figures/ and the study's manifest.json
+    into `folder` (which must be new)."""
     board = per_config(record)
     trials = per_trial(record)
     write_csv(board, folder / "leaderboard.csv")
     write_csv(trials, folder / "trials.csv")
+    has_manifest = copy_manifest(record, folder)
     pictures = _figures(record, board, folder / "figures")
     params = record.parent.data.params
     metrics = table_metrics(board, record.objective)
@@ -400,7 +454,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         "",
         "## Settings",
         "",
-        f"- objective: `{record.objective}` ({record.direction}d on validation; test metrics are reported, never optimised)",
+        f"- objective: `{record.objective}` ({record.direction}d"
+        f"{' on validation' if record.objective.startswith('val_') else ''}; test metrics are reported, never optimised)",
         f"- search: sampler `{params.get('search.sampler')}`, pruner `{params.get('search.pruner')}`, "
         f"{len(record.finished)} finished of {len(record.trials)} trials",
         f"- space: `{json.dumps(record.space)}`",
@@ -410,6 +465,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
             and not pd.isna(trials.iloc[0][c])),
         "",
         *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
+        *literature_lines(record, board, folder),
         *significance.budget_lines(board, record.finished, record.objective, record.direction,
                                    params.get("search.sampler"), "seed" in record.space, folder),
         "## Figures",
@@ -421,8 +477,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         html = sorted((folder / "figures" / "optuna").glob("*.html"))
         lines += ["Interactive versions (plotly, loads plotly.js from its CDN): " + ", ".join(f"[{p.stem}]({p.relative_to(folder).as_posix()})" for p in html), ""]
     lines += ["## Environment", "", *_versions(record), f"- report built on: {platform.platform()}", "",
-              "## Reproduce", "", "```", f"python -m vaebench run --study {study_file}",
-              f"python -m vaebench report --study {record.study}", "```", ""]
+              *reproduce_lines(record.study, study_file, has_manifest)]
     (folder / "report.md").write_text("\n".join(lines))
     return sorted(p for p in folder.rglob("*") if p.is_file())
 

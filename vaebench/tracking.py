@@ -36,6 +36,7 @@ OBJECTIVE = "vaebench.objective"
 DIRECTION = "vaebench.direction"
 SAMPLER = "vaebench.sampler"
 STUDY_FILE = "vaebench.study_file"
+LITERATURE = "vaebench.literature"  # on the parent: the study file's published numbers (JSON)
 MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
 MODEL_FORMAT = "vaebench.model_format"  # that model's serialization: pt2 (standalone) or pickle
 # on every child run: where and with what it ran
@@ -164,6 +165,10 @@ class TrialRun:
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
 
+    def log_json(self, doc: dict[str, Any], name: str) -> None:
+        """`doc` as the JSON artifact `name` (e.g. the study's manifest.json on its parent run)."""
+        self.client.log_dict(self.run_id, doc, name)
+
     def finish(self, state: str, reason: str | None = None) -> None:
         self.flush()
         tags = {STATE: state} | ({REASON: reason[:4000]} if reason else {})
@@ -176,6 +181,10 @@ class TrialRun:
 
     def tags(self) -> dict[str, str]:
         return self.client.get_run(self.run_id).data.tags
+
+    def metrics(self) -> dict[str, float]:
+        """Each metric's latest value, as the report reads it."""
+        return self.client.get_run(self.run_id).data.metrics
 
     def download(self, path: str, folder: str) -> str:
         """The run's artifact `path`, copied into `folder`; returns the local file."""

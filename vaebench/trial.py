@@ -5,16 +5,13 @@ configuration the way a study would (same seeding, same metrics, same run conten
 """
 from __future__ import annotations
 
-import importlib.metadata
 import math
-import os
-import platform
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from vaebench import __version__, artifacts, checkpoint, data, metrics, models, train
+from vaebench import __version__, artifacts, checkpoint, data, manifest, metrics, models, train
 from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
@@ -24,15 +21,17 @@ from vaebench.tracking import TrialRun
 
 
 def environment() -> dict[str, str]:
-    """Versions and host, tagged on every child run (threads as set by --threads)."""
+    """Versions and host, tagged on every child run (threads as set by --threads): the values
+    the study's manifest records."""
+    versions = manifest.package_versions(("torch", "mlflow", "optuna"))
+    hw = manifest.hardware()
     return {
         tk.VERSION: __version__,
-        tk.TORCH_VERSION: torch.__version__,
-        tk.MLFLOW_VERSION: importlib.metadata.version("mlflow"),
-        tk.OPTUNA_VERSION: importlib.metadata.version("optuna"),
-        tk.PYTHON_VERSION: platform.python_version(),
-        tk.HOST: f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
-                 f"{torch.get_num_threads()} torch threads",
+        tk.TORCH_VERSION: str(versions["torch"]),
+        tk.MLFLOW_VERSION: str(versions["mlflow"]),
+        tk.OPTUNA_VERSION: str(versions["optuna"]),
+        tk.PYTHON_VERSION: manifest.python()["version"],
+        tk.HOST: f"{hw['system']} {hw['machine']}, {hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads",
     }
 
 
@@ -62,22 +61,25 @@ def load_data(cfg: TrialConfig, data_dir: str | None = None) -> data.Dataset:
                      test_fraction=d.test_fraction, data_dir=data_dir)
 
 
-def check_data(spec: StudySpec, path: Path, data_dir: str | None) -> None:
+def check_data(spec: StudySpec, path: Path, data_dir: str | None) -> dict[str, str]:
     """Load every dataset the study can use now (it is cached for the trials): missing or
-    corrupt files are bad input, reported before anything is written."""
+    corrupt files are bad input, reported before anything is written. Returns each dataset's
+    fingerprint by name."""
     names = [spec.dataset.name]
     choices = spec.search.space.get("dataset.name")
     if isinstance(choices, list):
         names += [str(c) for c in choices]
     d = spec.dataset
+    fingerprints = {}
     for name in dict.fromkeys(names):
         try:
-            data.load(name, seed=d.seed, binarize=d.binarize, val_fraction=d.val_fraction,
-                      test_fraction=d.test_fraction, data_dir=data_dir, download=d.download)
+            fingerprints[name] = data.load(name, seed=d.seed, binarize=d.binarize, val_fraction=d.val_fraction,
+                      test_fraction=d.test_fraction, data_dir=data_dir, download=d.download).fingerprint
         except (InputError, NameError, AttributeError, TypeError, AssertionError):
             raise  # bad input said already, or a bug: not the files' fault
         except Exception as exc:  # noqa: BLE001 - whatever a loader raises on missing or corrupt files
             raise InputError(f"{path}: dataset.name: {name}: cannot load ({short_reason(exc)})") from None
+    return fingerprints
 
 
 def stage_evaluation(cfg: TrialConfig, model: models.VAEModel, ds: data.Dataset,

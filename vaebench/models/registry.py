@@ -11,7 +11,7 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .architectures import ARCHITECTURES
+from .architectures import ACTIVATIONS, ARCHITECTURES
 from .likelihoods import LIKELIHOODS
 from .model import VAEModel
 from .objectives import OBJECTIVE_SETUP, OBJECTIVES
@@ -55,6 +55,7 @@ def describe() -> dict[str, list[str]]:
     """The registered names, sorted (for the CLI's `list`)."""
     return {
         "architectures": sorted(ARCHITECTURES),
+        "activations": sorted(ACTIVATIONS),
         "objectives": sorted(OBJECTIVES),
         "likelihoods": sorted(LIKELIHOODS),
     }

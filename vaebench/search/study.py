@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import optuna
 
-from vaebench import checkpoint, tracking_ui
+from vaebench import checkpoint, manifest, tracking_ui, train
+from vaebench import trial as pipeline
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
 from vaebench.search.attrs import PARENT_ATTR
@@ -19,8 +23,10 @@ from vaebench.tracking import StudyTracker
 PARENT_RACE_S = 60  # workers that create the parent run within this window converge on one
 
 
-def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path: str) -> str:
-    """The study's one parent run, its id kept in the study's user attributes.
+def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path: str,
+               manifest_doc: dict[str, Any] | None = None) -> str:
+    """The study's one parent run, its id kept in the study's user attributes; the worker that
+    creates it stores the study file and `manifest_doc` (manifest.json) on it.
 
     Workers that start at once may each create one (on one machine the setup lock prevents
     it; across machines nothing does): create, then resolve. Every worker keeps the earliest
@@ -32,7 +38,8 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
     mine = tracker.create_parent(
         tags={tk.OBJECTIVE: spec.search.objective, tk.DIRECTION: spec.search.direction,
               tk.STUDY_FILE: path, tk.SAMPLER: spec.search.sampler, tk.NOTE: spec.description,
-              tk.DESCRIPTION: spec.description} | tracking_ui.source_tags(),
+              tk.DESCRIPTION: spec.description} | tracking_ui.source_tags()
+        | ({tk.LITERATURE: spec.literature.to_json()} if spec.literature else {}),
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
         | {"search.space": json.dumps(spec.search.model_dump()["space"])},
     )
@@ -42,8 +49,11 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
         winner = stored  # a worker that already settled on its parent run wins
     if winner != mine:
         tracker.delete_run(mine)
-    elif path:
-        tracker.run(mine).log_artifact(path)
+    else:
+        if path:
+            tracker.run(mine).log_artifact(path)
+        if manifest_doc is not None:
+            tracker.run(mine).log_json(manifest_doc, manifest.FILENAME)
     study.set_user_attr(PARENT_ATTR, winner)
     return winner
 
@@ -52,15 +62,17 @@ def run_study(
     spec: StudySpec, *, storage_url: str, tracking_uri: str, study_path: str = "",
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
-    ckpt_options: checkpoint.Options | None = None, system_metrics: bool = False,
+    ckpt_options: checkpoint.Options | None = None, command: Sequence[str] | None = None,
+    system_metrics: bool = False,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
-    its last one, in the same MLflow child run. `system_metrics`: MLflow's system metrics on
-    every trial's run. `artifacts_mode` "all" gives every trial the costly artifacts (see vaebench.artifacts),
-    "best" only the best trial. `stop`, once set (the CLI's first Ctrl-C), ends the running
+    its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the
+    costly artifacts (see vaebench.artifacts), "best" only the best trial. `system_metrics`:
+    MLflow's system metrics on every trial's run. `command` is what
+    the manifest records as the command line (default: this process's). `stop`, once set (the CLI's first Ctrl-C), ends the running
     trial after its epoch as if interrupted, and starts no other; the result then has
     `interrupted` set.
     """
@@ -71,7 +83,12 @@ def run_study(
         storage = open_storage(storage_url)
         study = create_study(spec, storage)
         tracker = StudyTracker.open(tracking_uri, spec.name)
-        parent_id = parent_run(spec, study, tracker, study_path)
+        doc = None
+        if not tracker.has_run(study.user_attrs.get(PARENT_ATTR)):  # a new parent run: what reruns and checks it
+            fingerprints = pipeline.check_data(spec, Path(study_path or spec.name), data_dir)
+            doc = manifest.collect(spec.model_dump(mode="json"), fingerprints, command,
+                                   str(train.resolve_device(spec.device)))
+        parent_id = parent_run(spec, study, tracker, study_path, doc)
         tracking_ui.describe_experiment(tracker, spec.description)
         tracking_ui.save_view(tracker, spec)
     ckpt_options = ckpt_options or checkpoint.Options(checkpoint_folder(storage_url, spec.name))
