@@ -10,6 +10,7 @@ import contextlib
 import io
 import os
 import re
+import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from helpers import REPO, mlflow_runs, run_cli, seeded, spawn, write_study
-from vaebench import cli, data
+from vaebench import cli, data, interrupt
 from vaebench.config import load_study
 from vaebench.errors import InputError
 
@@ -52,10 +53,70 @@ def assert_refused(folder: Path, flags: list[str], expected: str, study: str = "
     (["--tracking-uri", "sqlite:///no/such/folder/mlflow.db"], "--tracking-uri sqlite:///no/such/folder/mlflow.db"),
     (["--trials", "5"], "--trials 5: the grid of tiny.yaml has only 2 points"),
     (["--threads", "0"], "--threads 0: must be at least 1"),
+    (["--tracking-uri", "bogus://x"], "--tracking-uri bogus://x: "),
+    (["--tracking-uri", "file:///tmp/vaebench-mlr"], "--tracking-uri file:///tmp/vaebench-mlr: The filesystem"),
+    (["--tracking-uri", "./mlr"], "--tracking-uri ./mlr: The filesystem"),
+    (["--storage", "sqlite:///same.db", "--tracking-uri", "sqlite:///same.db"], "the same file as the MLflow"),
+    (["--results", "tiny.yaml"], "--results tiny.yaml: not a folder"),
+    (["--results", "tiny.yaml/reports"], "--results tiny.yaml/reports: tiny.yaml is a file, not a folder"),
 ])
 def test_unusable_stores_and_flags_exit_2_writing_nothing(folder: Path, flags: list[str], expected: str) -> None:
     write_study(folder, "tiny", {"seed": [0, 1]})
     assert_refused(folder, flags, expected)
+
+
+def test_one_programs_database_given_as_the_others_is_refused(folder: Path, mlflow_template: Path) -> None:
+    write_study(folder, "tiny", {"seed": [0, 1]})
+    seeded(folder, mlflow_template)
+    assert_refused(folder, ["--storage", "sqlite:///mlflow.db"], "mlflow.db is not Optuna's database (it holds MLflow's tables)")
+    (folder / "optuna.db").write_bytes((folder / "mlflow.db").read_bytes())
+    (folder / "mlflow.db").unlink()
+    with contextlib.closing(sqlite3.connect(folder / "optuna.db")) as conn, conn:
+        conn.execute("drop table experiments")
+        conn.execute("create table studies (study_id integer)")
+    assert_refused(folder, ["--storage", "sqlite:///x.db", "--tracking-uri", "sqlite:///optuna.db"],
+                   "optuna.db is not MLflow's database (it holds Optuna's tables)")
+
+
+@pytest.mark.parametrize("text", [b"hello\n", b'{"op_code": 0, "worker_id": "w", "study_name": "s"}\n[1]\n', b"{}\n"])
+def test_a_journal_that_is_not_optunas_is_refused(folder: Path, text: bytes) -> None:
+    write_study(folder, "tiny", {"seed": [0, 1]})
+    (folder / "tiny.journal").write_bytes(text)
+    line = len(text.splitlines())
+    assert_refused(folder, ["--storage", "tiny.journal"], f"line {line} of tiny.journal is not an Optuna journal record")
+
+
+@pytest.mark.parametrize("command", ["report", "leaderboard"])
+@pytest.mark.parametrize("damage", ["text", "truncated"])
+def test_reading_a_damaged_mlflow_store_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_template: Path, command: str, damage: str
+) -> None:
+    seeded(tmp_path, mlflow_template)
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").create_experiment("tiny")
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"garbage\n" * 10 if damage == "text" else db.read_bytes()[: 3 * 4096])
+    line = refused(tmp_path, monkeypatch, command, "--study", "tiny", "--tracking-uri", f"sqlite:///{db}")
+    assert line.startswith(f"vaebench: error: --tracking-uri sqlite:///{db}: ") or line.startswith(
+        f"vaebench: error: tracking URI sqlite:///{db}: cannot read"), line
+
+
+def test_a_report_that_cannot_be_written_after_training_keeps_the_trials(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vaebench import report
+
+    def full(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    seeded(folder, mlflow_template)
+    monkeypatch.setattr(report, "write_report", full)
+    code, out, err = run_cli(folder, write_study(folder, "tiny", {"seed": [0, 1]}))
+    assert code == 1 and "study tiny: 2/2 trials finished" in out, err
+    assert err.splitlines() == ["vaebench: no report: --results results: [Errno 28] No space left on device; the trials "
+                                f"are kept: `python -m vaebench report --study {folder / 'tiny.yaml'} --results results` "
+                                "writes it"]
+    _, children = mlflow_runs(folder, "tiny")
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
 
 
 def test_a_file_that_is_not_a_database_is_refused(folder: Path) -> None:
@@ -202,7 +263,7 @@ def test_first_ctrl_c_asks_to_stop_the_second_stops_now() -> None:
     previous = signal.getsignal(signal.SIGINT)
     stop = threading.Event()
     err = io.StringIO()
-    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stderr(err), cli._graceful_sigint(stop):
+    with pytest.raises(KeyboardInterrupt), contextlib.redirect_stderr(err), interrupt.graceful_sigint(stop):
         signal.raise_signal(signal.SIGINT)
         assert stop.is_set()  # the first one only asked
         signal.raise_signal(signal.SIGINT)
@@ -286,3 +347,15 @@ def test_run_refuses_a_study_name_that_is_not_a_plain_word(
 ) -> None:
     line = refused(tmp_path, monkeypatch, *RUN, name=name)
     assert line.startswith("vaebench: error: tiny.yaml: name: ") and "not a usable study name" in line
+
+
+def test_a_results_folder_that_is_not_writable_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests run as root, where chmod does not stop writes: the check's own view is patched."""
+    from vaebench import runchecks
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    real = os.access
+    monkeypatch.setattr(runchecks.os, "access", lambda p, mode: Path(p).resolve() != read_only and real(p, mode))
+    line = refused(tmp_path, monkeypatch, *RUN, "--results", "ro/reports")
+    assert line == "vaebench: error: --results ro/reports: folder ro is not writable"

@@ -216,6 +216,16 @@ def test_download_offline_says_where_to_put_the_files(tmp_path: Path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == []  # the temporary download folder is gone
 
 
+def test_an_offline_download_leaves_no_data_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [dead])
+    with pytest.raises(InputError, match="download into"):
+        data.check_available("mnist", tmp_path / "data" / "sub", download=True)
+    assert list(tmp_path.iterdir()) == []  # data/ and data/sub were made for the download: gone again
+
+
 def test_cli_refuses_a_study_whose_files_are_missing(tmp_path: Path) -> None:
     inputs, cwd, empty = tmp_path / "inputs", tmp_path / "cwd", tmp_path / "data"
     for folder in (inputs, cwd, empty):

@@ -12,6 +12,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 
 from helpers import mlflow_runs, worker_on_journal
 from vaebench import search
+from vaebench.search import closing
 from vaebench.search.worker import _Current
 
 
@@ -63,7 +64,7 @@ def test_a_trial_stopped_before_optuna_recorded_it_is_failed_and_queued(folder: 
     search.suggest(trial, worker.spec)
     run = worker.tracker.start_trial(worker.parent_id, 0, "t000", {})
     worker.current = _Current(trial.number, run)
-    worker.on_interrupt()
+    closing.close_interrupted(worker)
     stopped, queued = worker.study.get_trials()
     assert (stopped.state.name, queued.state.name) == ("FAIL", "WAITING") and queued.params == stopped.params
     assert stopped.user_attrs["failure_reason"] == "interrupted (Ctrl-C)"

@@ -23,6 +23,7 @@ from helpers import (
 )
 from vaebench import report, search  # noqa: F401 - imported now, an in-process run starts at once
 from vaebench import trial as one_trial
+from vaebench.tracking import StudyTracker, TrialRun
 
 # -- failing trials (in this process) -----------------------------------------------
 
@@ -87,6 +88,157 @@ def test_a_study_whose_every_trial_fails_exits_1_with_one_line(folder: Path, mlf
     parents, children = mlflow_runs(folder, "doomed")
     assert parents[0].info.status == "FAILED" and [c.info.status for c in children] == ["FAILED"] * 2
     assert not (folder / "results").exists()
+
+
+def test_a_trial_that_fails_before_its_run_points_to_optuna_for_its_reason(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded(folder, mlflow_template)
+    real = one_trial.load_data
+
+    def unlucky(cfg: Any, *args: Any) -> Any:
+        if cfg.seed == 1:
+            raise OSError(5, "Input/output error")
+        return real(cfg, *args)
+
+    monkeypatch.setattr(one_trial, "load_data", unlucky)
+    code, _, err = run_cli(folder, write_study(folder, "early", {"seed": [0, 1]}))
+    number = next(t.number for t in load(folder, "early").trials if t.params["seed"] == 1)
+    assert code == 0 and err.splitlines() == [
+        f"vaebench: 1 trial failed: OSError: [Errno 5] Input/output error (trial {number}) (reasons: user attribute"
+        f" failure_reason of Optuna trial {number}, which had no MLflow run)"], err
+
+
+# -- Ctrl-C and stores that fail, in this process ---------------------------------------
+
+
+def test_a_second_ctrl_c_while_the_runs_are_closed_still_closes_them(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
+    """Ctrl-C in trial `seed 1`, then again as its run is ended and as the parent run is ended:
+    the worker closes every run all the same, and the report covers the finished trial."""
+    seeded(folder, mlflow_template)
+    real_fit, real_finish, real_end = one_trial.train_and_evaluate, TrialRun.finish, StudyTracker.end_parent
+
+    def fit(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if cfg.seed == 1:
+            signal.raise_signal(signal.SIGINT)  # the first: stop after this epoch
+        return real_fit(cfg, *args, **kwargs)
+
+    def finish(run: TrialRun, state: str, reason: str | None = None) -> None:
+        if state == "INTERRUPTED":
+            signal.raise_signal(signal.SIGINT)  # again, as the trial is being failed
+        real_finish(run, state, reason)
+
+    def end_parent(tracker: StudyTracker, *args: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # and again, as the parent run is ended
+        real_end(tracker, *args)
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", fit)
+    monkeypatch.setattr(TrialRun, "finish", finish)
+    monkeypatch.setattr(StudyTracker, "end_parent", end_parent)
+    code, _, err = run_cli(folder, write_study(folder, "twice", {"seed": [0, 1]}))
+    assert code == 130, err
+    said = capfd.readouterr().err  # the signal handler writes to the process's stderr itself
+    assert said.count("vaebench: closing the runs; a moment") == 2 and "Traceback" not in err + said, said
+    study = load(folder, "twice")
+    states = {t.params.get("seed"): t.state.name for t in study.trials if t.state.name != "WAITING"}
+    assert states == {0: "COMPLETE", 1: "FAIL"} or states == {1: "FAIL"}, states
+    assert [t.params["seed"] for t in study.trials if t.state.name == "WAITING"] == [1]  # queued again
+    parents, children = mlflow_runs(folder, "twice")
+    assert (parents[0].info.status, parents[0].data.tags["vaebench.state"]) == ("KILLED", "INTERRUPTED")
+    assert "RUNNING" not in [c.info.status for c in children]
+
+
+def test_ctrl_c_after_the_last_trial_or_in_the_report_asks_for_no_resume(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded(folder, mlflow_template)
+    real_fit, real_report = one_trial.train_and_evaluate, report.write_report
+    calls = []
+
+    def fit(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        out = real_fit(cfg, *args, **kwargs)
+        calls.append(cfg.seed)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C, once the last trial has trained
+        return out
+
+    def interrupted_report(*args: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)  # the second, while the report is written
+        return real_report(*args)
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", fit)
+    monkeypatch.setattr(report, "write_report", interrupted_report)
+    code, out, err = run_cli(folder, write_study(folder, "done", {"seed": [0, 1]}))
+    assert code == 1, err
+    assert "study done: 2/2 trials finished" in out
+    assert err.splitlines()[-1] == ("vaebench: report stopped by Ctrl-C; the study is complete: `python -m vaebench "
+                                    f"report --study {folder / 'done.yaml'} --results results` writes it")
+    assert "resume" not in err
+    parents, _ = mlflow_runs(folder, "done")
+    assert parents[0].data.tags["vaebench.state"] == "COMPLETE"
+
+    monkeypatch.setattr(report, "write_report", real_report)
+    calls.clear()
+    code, _, err = run_cli(folder, folder / "done.yaml")
+    assert code == 0 and err == "", err
+
+
+def test_a_store_that_fails_mid_study_closes_the_runs_in_one_line(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills during trial `seed 1`: training fails, then so does Optuna's record of it."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    seeded(folder, mlflow_template)
+    full = []
+    real_fit, real_set = one_trial.train_and_evaluate, optuna.storages.RDBStorage.set_trial_state_values
+
+    def fit(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        if cfg.seed == 1:
+            full.append(True)
+            raise OSError(28, "No space left on device")
+        return real_fit(cfg, *args, **kwargs)
+
+    def set_state(storage: Any, *args: Any, **kwargs: Any) -> bool:
+        if full:
+            raise OperationalError("UPDATE trials", {}, sqlite3.OperationalError("database or disk is full"))
+        return real_set(storage, *args, **kwargs)
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", fit)
+    monkeypatch.setattr(optuna.storages.RDBStorage, "set_trial_state_values", set_state)
+    code, out, err = run_cli(folder, write_study(folder, "full", {"seed": [0, 1]}))
+    assert code == 1 and out == "", (out, err)
+    line, = err.splitlines()
+    assert line.startswith("vaebench: error: a store failed mid-study (OperationalError: ") and "disk is full" in line
+    number = next(t.number for t in load(folder, "full").trials if t.params.get("seed") == 1)
+    assert f"trial {number} failed, its Optuna trial left for the next run to close;" in line, line
+    parents, children = mlflow_runs(folder, "full")
+    assert (parents[0].info.status, parents[0].data.tags["vaebench.state"]) == ("FAILED", "INCOMPLETE")
+    assert "RUNNING" not in [c.info.status for c in children]
+
+
+def test_a_store_that_cannot_be_written_as_the_study_opens_is_one_line(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second run while the disk is still full: the parent run cannot be reopened."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    def reopen(tracker: StudyTracker, run_id: str) -> None:
+        raise OperationalError("UPDATE runs", {}, sqlite3.OperationalError("database or disk is full"))
+
+    seeded(folder, mlflow_template)
+    monkeypatch.setattr(StudyTracker, "reopen", reopen)
+    code, out, err = run_cli(folder, write_study(folder, "still", {"seed": [0, 1]}))
+    assert (code, out) == (1, ""), err
+    assert err.splitlines() == ["vaebench: error: cannot write to the stores (OperationalError: (sqlite3.OperationalError) "
+                                "database or disk is full); free the space or bring the store back, then run the same "
+                                "command again to resume"]
 
 
 # -- worker processes -------------------------------------------------------------------

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
 
-from vaebench.errors import InputError
-
-if TYPE_CHECKING:
-    from vaebench.config import StudySpec
+from vaebench import interrupt
+from vaebench.errors import InputError, StoreFailure
+from vaebench.stores import short_reason
+from vaebench.outcome import failure_summary, where_reasons
+from vaebench.runchecks import check_devices, check_distinct_stores, check_flags, check_results, tracked_store
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -72,17 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-checkpoints", action="store_true",
                      help="keep the checkpoints of finished trials (default: removed)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--fresh", action="store_true",
+                     help="start the study over: delete its Optuna trials and start a new MLflow parent run "
+                          "(the old runs stay in MLflow; reports read the newest parent run); give it to one "
+                          "worker only, and start the others once it runs")
 
     sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
 
     board = sub.add_parser("leaderboard", help="CSV leaderboard of a study, read back from MLflow")
     _add_common(board)
+    board.add_argument("--storage", default=DEFAULT_STORAGE,
+                       help="the study's Optuna storage, read (never created) to explain a study MLflow lacks")
     board.add_argument("--out", default=None, help="CSV path (default results/<study>/leaderboard.csv)")
     board.add_argument("--per-trial", action="store_true",
                        help="one row per trial instead of one per configuration (mean/std/CI over seeds)")
 
     rep = sub.add_parser("report", help="rebuild results/<study>/ (leaderboard, report.md, figures) from MLflow")
     _add_common(rep)
+    rep.add_argument("--storage", default=DEFAULT_STORAGE,
+                     help="the study's Optuna storage, read (never created) to explain a study MLflow lacks")
     rep.add_argument("--results", default="results", help="folder for reports (default ./results)")
 
     rp = sub.add_parser("replay", help="rerun one trial of a report folder from its manifest and check its numbers")
@@ -108,18 +114,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec, path = load_study(args.study)
     if args.download:
         spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"download": True})})
-    if args.trials is not None and args.trials < 1:
-        raise InputError(f"--trials {args.trials}: must be at least 1")
-    if args.trials is not None and spec.search.sampler == "grid" and args.trials > spec.search.grid_size():
-        raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
-    if args.threads is not None and args.threads < 1:
-        raise InputError(f"--threads {args.threads}: must be at least 1")
-    if args.checkpoint_every < 1:
-        raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
-    if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
-        raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
-    if not 0 <= args.checkpoint_min_seconds < float("inf"):
-        raise InputError(f"--checkpoint-min-seconds {args.checkpoint_min_seconds}: must be 0 or more")
+    check_flags(args, spec, path)
+    check_results(Path(args.results))
     check_devices(spec, path, args.device)
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
@@ -136,6 +132,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     search.check_storage(args.storage)
     tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
+    check_distinct_stores(args.storage, tracking_uri)
+    if not args.fresh:
+        search.check_before_run(spec.name, args.storage, tracking_uri)
     trial.check_data(spec, path, args.data_dir)
     if args.threads:
         import torch
@@ -149,13 +148,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       args.checkpoint_min_seconds, args.keep_checkpoints)
     total = args.trials or spec.search.total_trials
     stop = threading.Event()
-    with _graceful_sigint(stop):
-        with ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar:
+    with interrupt.graceful_sigint(stop):
+        with (ProgressBar(total, spec.search.objective, enabled=not args.no_progress) as bar,
+              search.store_failures_in_one_line()):
             result = search.run_study(spec, storage_url=args.storage, tracking_uri=tracking_uri,
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
                                       artifacts_mode=args.artifacts, ckpt_options=ckpt_options,
-                                      system_metrics=args.system_metrics, command=["vaebench", *args.argv])
+                                      system_metrics=args.system_metrics, command=["vaebench", *args.argv],
+                                      fresh=args.fresh)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
@@ -166,64 +167,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
             return 130 if result.interrupted else 1
         if result.failures:
-            print(f"vaebench: {failure_summary(result.failures)} (reasons: tag {tracking.REASON} in MLflow)",
+            print(f"vaebench: {failure_summary(result.failures)} {where_reasons(result.failures, result.untracked)}",
                   file=sys.stderr)
+        again = f"`python -m vaebench report --study {args.study} --results {args.results}` writes it"
         try:
             folder = report.write_report(tracking_uri, spec.name, Path(args.results))
         except InputError as exc:  # e.g. every finished trial was pruned: nothing to rank
             print(f"vaebench: no report: {exc}", file=sys.stderr)
             return 130 if result.interrupted else 1
+        except OSError as exc:  # a full disk, a folder made read-only meanwhile: the trials are tracked
+            print(f"vaebench: no report: --results {args.results}: {short_reason(exc)}; the trials are kept: "
+                  f"{again}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            if result.interrupted:
+                raise
+            print(f"vaebench: report stopped by Ctrl-C; the study is complete: {again}", file=sys.stderr)
+            return 1
         print(f"leaderboard: {folder / 'leaderboard.csv'}\nreport: {folder / 'report.md'}")
         if result.interrupted:
             print("vaebench: interrupted; run the same command again to resume", file=sys.stderr)
             return 130
     return 0
-
-
-def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
-    """Every device the study can run on must exist on this machine: the flag's (else the
-    file's `device:`) and any `search.space.device` choice."""
-    from vaebench.validate import device_problem, shown
-
-    if flag is not None and (problem := device_problem(flag)):
-        raise InputError(f"--device {flag}: {problem}")
-    base = [] if flag is not None else [("device", spec.device)]
-    choices = [(f"search.space.device = {shown(v)}", v) for v in spec.search.space.get("device", [])]
-    for where, name in base + choices:
-        if problem := device_problem(name):
-            raise InputError(f"{path}: {where}: {problem}")
-
-
-def failure_summary(failures: dict[int, str]) -> str:
-    """`3 trials failed: DivergenceError: ... (trials 1, 4); ValueError: ... (trial 2)`: one line."""
-    groups: dict[str, list[int]] = {}
-    for number, reason in sorted(failures.items()):
-        groups.setdefault((reason.strip().splitlines() or ["unknown"])[0][:200], []).append(number)
-    parts = [f"{reason} (trial{'s' if len(ns) > 1 else ''} {', '.join(map(str, ns))})" for reason, ns in groups.items()]
-    if len(parts) > 3:
-        parts = parts[:3] + [f"{len(parts) - 3} other reasons"]
-    n = len(failures)
-    return f"{n} trial{'s' if n > 1 else ''} failed: " + "; ".join(parts)
-
-
-@contextmanager
-def _graceful_sigint(stop: threading.Event) -> Iterator[None]:
-    """First Ctrl-C: set `stop` (the running trial ends after its epoch); second: stop now.
-    The previous handler is restored afterwards."""
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        os.write(2, b"vaebench: stopping after this epoch; Ctrl-C again to stop now\n")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -250,24 +215,27 @@ def study_name(study: str) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from vaebench import report, tracking
+    from vaebench import report
     from vaebench.validate import safe_child
 
     name = study_name(args.study)
     out = Path(args.out) if args.out else safe_child(Path("results"), name) / "leaderboard.csv"
-    tracking.quiet()
-    board = report.leaderboard(tracking.resolve_tracking_uri(args.tracking_uri), name, args.per_trial)
+    check_results(out.parent, "--out")
+    board = report.leaderboard(tracked_store(args, name), name, args.per_trial)
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from vaebench import report, tracking
+    from vaebench import report
 
     name = study_name(args.study)
-    tracking.quiet()
-    folder = report.write_report(tracking.resolve_tracking_uri(args.tracking_uri), name, Path(args.results))
+    check_results(Path(args.results))
+    try:
+        folder = report.write_report(tracked_store(args, name), name, Path(args.results))
+    except OSError as exc:
+        raise InputError(f"--results {args.results}: cannot write the report ({short_reason(exc)})") from None
     print(f"report: {folder / 'report.md'}")
     return 0
 
@@ -334,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:  # one line, whatever the file held (a key with a newline in it)
         print(f"vaebench: error: {exc}", file=sys.stderr)
         return 2
+    except StoreFailure as exc:
+        print(f"vaebench: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vaebench: interrupted", file=sys.stderr)
         return 130

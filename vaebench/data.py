@@ -22,8 +22,10 @@ import functools
 import gzip
 import hashlib
 import math
+import contextlib
 import os
 import struct
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -225,11 +227,16 @@ def _download(name: str, files: FileSet, root: Path) -> None:
     """torchvision's own download, into a temporary folder that is then moved into place."""
     import torchvision.datasets
 
+    created = [p for p in (root, *root.parents) if not p.exists()]  # removed again if the download fails
     root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root, prefix=".vaebench-download-") as tmp:
+    with tempfile.TemporaryDirectory(dir=root, prefix=".vaebench-download-", ignore_cleanup_errors=True) as tmp:
         try:
             getattr(torchvision.datasets, files.torchvision_class)(tmp, train=False, download=True)
         except Exception as exc:  # noqa: BLE001 - offline, refused, bad checksum: all say the same
+            shutil.rmtree(tmp, ignore_errors=True)
+            for folder in created:  # deepest first; only folders this call made and left empty
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
             raise InputError(f"{name}: download into {root} failed ({_reason(exc)}); "
                              f"offline, put the files there yourself: {files.expected(root)}") from None
         _move_missing(files, Path(tmp), root)

@@ -14,3 +14,8 @@ class InputError(Exception):
 
 class DivergenceError(RuntimeError):
     """A trial's loss or metrics became NaN/Inf; the trial fails with this reason."""
+
+
+class StoreFailure(RuntimeError):
+    """Optuna's storage or MLflow's store failed mid-study (a full disk, a lost server): the runs
+    were closed as far as the stores allowed; the CLI prints this one line, exit code 1."""

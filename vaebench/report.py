@@ -11,7 +11,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +21,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from scipy import stats
 
-from vaebench import literature, manifest, significance
+from vaebench import atomic, literature, manifest, significance
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
-from vaebench.stores import redact
+from vaebench.stores import redact, short_reason
 
 TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
 CONFIG_ID_COLUMNS = ["rank", "config", "n_seeds", "seeds", "trials"]
@@ -90,9 +89,14 @@ def study_parent(client: MlflowClient, study: str) -> Any:
 
 def load_record(tracking_uri: str, study: str) -> StudyRecord:
     """Read one study back from MLflow: the parent run and one row per child run."""
-    client = MlflowClient(tracking_uri)
-    parent = study_parent(client, study)
-    runs = _search_all(client, parent.info.experiment_id, f"tags.`{tk.PARENT}` = '{parent.info.run_id}'")
+    try:
+        client = MlflowClient(tracking_uri)
+        parent = study_parent(client, study)
+        runs = _search_all(client, parent.info.experiment_id, f"tags.`{tk.PARENT}` = '{parent.info.run_id}'")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged store: whatever MLflow or its database raise
+        raise InputError(f"tracking URI {redact(tracking_uri)}: cannot read ({short_reason(exc)})") from None
     rows = []
     for run in runs:
         tags = run.data.tags
@@ -486,26 +490,4 @@ def write_report(tracking_uri: str, study: str, results: Path) -> Path:
     """Build into a temporary folder, then swap it in: an error leaves the old report untouched."""
     record = load_record(tracking_uri, study)
     _require_finished(record)
-    created = not results.exists()
-    results.mkdir(parents=True, exist_ok=True)
-    target = results / study
-    tmp = Path(tempfile.mkdtemp(dir=results, prefix=f".{study}."))
-    try:
-        build_report(record, tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created and not any(results.iterdir()):
-            results.rmdir()  # leave no trace of a failed first report
-        raise
-    try:
-        if target.exists():
-            old = target.with_name(f".{study}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
-            tmp.rename(target)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return atomic.write_folder(results, study, lambda folder: build_report(record, folder))

@@ -3,6 +3,7 @@ passwords, finding the file behind an SQLite URL, refusing, before anything is w
 store that cannot work, and waiting for an MLflow server to answer."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -38,10 +39,15 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
-def check_store_url(url: str, what: str) -> None:
+# The table that tells each store's SQLite file from the other's (both have alembic_version).
+SCHEMA_TABLES = {"Optuna": "studies", "MLflow": "experiments"}
+
+
+def check_store_url(url: str, what: str, kind: str | None = None) -> None:
     """Refuse, before anything is written, a database URL that cannot work: an SQLite file in a
-    folder that does not exist (or that is not an SQLite file), or a server that does not answer.
-    `what` names the flag in the message."""
+    folder that does not exist, that is not an SQLite file, or that holds the tables of another
+    program than `kind` (a key of SCHEMA_TABLES: Optuna's storage given as MLflow's store would
+    be half migrated), or a server that does not answer. `what` names the flag in the message."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -52,7 +58,7 @@ def check_store_url(url: str, what: str) -> None:
     path = sqlite_path(url)
     if parsed.get_backend_name() == "sqlite":
         if path is not None:
-            _check_sqlite_file(path, what)
+            _check_sqlite_file(path, what, kind)
         return
     import sqlalchemy
 
@@ -81,13 +87,32 @@ def check_file_location(path: Path, what: str) -> None:
         raise InputError(f"{what}: {path} is not a file")
 
 
-def _check_sqlite_file(path: Path, what: str) -> None:
+def _check_sqlite_file(path: Path, what: str, kind: str | None) -> None:
     check_file_location(path, what)
-    if path.exists():
-        with path.open("rb") as f:
-            head = f.read(16)
-        if head and head != b"SQLite format 3\x00":
-            raise InputError(f"{what}: {path} is not an SQLite database")
+    if not path.exists():
+        return
+    with path.open("rb") as f:
+        head = f.read(16)
+    if head and head != b"SQLite format 3\x00":
+        raise InputError(f"{what}: {path} is not an SQLite database")
+    import sqlite3
+
+    try:
+        tables = sqlite_tables(path)
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{what}: {path} is a damaged SQLite database ({exc})") from None
+    if kind and tables and SCHEMA_TABLES[kind] not in tables:
+        others = [k for k, t in SCHEMA_TABLES.items() if t in tables]
+        held = f"it holds {others[0]}'s tables" if others else "it holds other tables"
+        raise InputError(f"{what}: {path} is not {kind}'s database ({held})")
+
+
+def sqlite_tables(path: Path) -> set[str]:
+    """The tables of an SQLite file, read without writing; sqlite3.DatabaseError if damaged."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+        return {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
 
 
 def wait_for_server(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0) -> float:

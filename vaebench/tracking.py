@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from vaebench.errors import InputError
-from vaebench.stores import check_store_url, redact, short_reason
+from vaebench.stores import check_store_url, redact, short_reason, sqlite_path
 
 # Tag names: every tag vaebench writes; the report reads only these (and params/metrics) back.
 PREFIX = "vaebench."  # the report copies every tag under it into its trial table
@@ -96,7 +96,7 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
     """Fail fast on a tracking URI that cannot work (MLflow itself would retry an HTTP server
-    for minutes); nothing is written. Other schemes (file:, databricks) are left to MLflow."""
+    for minutes); nothing is written."""
     scheme = uri.split(":", 1)[0].lower() if "://" in uri else ""
     if scheme in ("http", "https"):
         import requests
@@ -106,7 +106,19 @@ def check_tracking_uri(uri: str, what: str = "tracking URI") -> None:
         except requests.RequestException as exc:
             raise InputError(f"{what} {redact(uri)}: unreachable ({short_reason(exc)})") from None
     elif scheme.split("+")[0] in ("sqlite", "postgresql", "mysql", "mssql"):
-        check_store_url(uri, f"{what} {redact(uri)}")
+        check_store_url(uri, f"{what} {redact(uri)}", kind="MLflow")
+    else:  # file stores, unknown schemes: MLflow refuses them when the client is made, writing nothing
+        try:
+            MlflowClient(uri)
+        except Exception as exc:  # noqa: BLE001 - whatever MLflow says about the URI
+            raise InputError(f"{what} {redact(uri)}: {short_reason(exc)}") from None
+
+
+def check_store_exists(uri: str, what: str = "tracking URI") -> None:
+    """A local store file must be there already: reading a study back never creates one."""
+    path = sqlite_path(uri)
+    if path is not None and not path.exists():
+        raise InputError(f"{what} {redact(uri)}: no MLflow store there ({path} does not exist)")
 
 
 def _now_ms() -> int:

@@ -2,6 +2,7 @@
 create a new local store at the same time."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -34,9 +35,27 @@ def check_storage(url: str) -> None:
     what = f"--storage {redact(url)}"
     path = journal_path(url)
     if path is None:
-        check_store_url(url, what)
+        check_store_url(url, what, kind="Optuna")
     else:
         check_file_location(path, what)
+        check_journal(path, what)
+
+
+def check_journal(path: Path, what: str) -> None:
+    """Every complete line of a journal file is one of Optuna's log records (a JSON object with
+    an op_code); a last line without its newline is a write in progress, which Optuna skips."""
+    if not path.is_file():
+        return
+    with path.open("rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith(b"\n"):
+                return
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "op_code" not in record:
+                raise InputError(f"{what}: line {number} of {path} is not an Optuna journal record")
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:

@@ -15,6 +15,7 @@ from vaebench import trial as pipeline
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
 from vaebench.search.attrs import PARENT_ATTR
+from vaebench.search.consistency import check_before_run, start_fresh
 from vaebench.search.space import create_study
 from vaebench.search.storage import checkpoint_folder, heartbeat_enabled, open_storage, setup_lock
 from vaebench.search.worker import Progress, StudyRun, Worker
@@ -63,16 +64,18 @@ def run_study(
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
     ckpt_options: checkpoint.Options | None = None, command: Sequence[str] | None = None,
-    system_metrics: bool = False,
+    system_metrics: bool = False, fresh: bool = False,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
     its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the
-    costly artifacts (see vaebench.artifacts), "best" only the best trial. `system_metrics`:
-    MLflow's system metrics on every trial's run. `command` is what
-    the manifest records as the command line (default: this process's). `stop`, once set (the CLI's first Ctrl-C), ends the running
+    costly artifacts (see vaebench.artifacts), "best" only the best trial. `system_metrics`: MLflow's
+    system metrics on every trial's run. `command` is what
+    the manifest records as the command line (default: this process's). `fresh` starts the
+    study over (see consistency.start_fresh); without it, stores that disagree about the study
+    are refused (consistency). `stop`, once set (the CLI's first Ctrl-C), ends the running
     trial after its epoch as if interrupted, and starts no other; the result then has
     `interrupted` set.
     """
@@ -80,6 +83,10 @@ def run_study(
     tk.resolve_tracking_uri(tracking_uri)  # log_model uses the global URI: keep it the study's
     total = n_trials or spec.search.total_trials
     with setup_lock(storage_url, tracking_uri):
+        if fresh:
+            start_fresh(storage_url, spec.name)
+        else:
+            check_before_run(spec.name, storage_url, tracking_uri)
         storage = open_storage(storage_url)
         study = create_study(spec, storage)
         tracker = StudyTracker.open(tracking_uri, spec.name)

@@ -23,12 +23,12 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import artifacts, checkpoint, mlflow_view, train, tracking_ui
+from vaebench import artifacts, checkpoint, interrupt, mlflow_view, train, tracking_ui
 from vaebench import tracking as tk
 from vaebench import trial as pipeline
 from vaebench.config import StudySpec
 from vaebench.errors import DivergenceError
-from vaebench.search import internals, recovery
+from vaebench.search import closing, internals, recovery
 from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
 from vaebench.search.space import GridSampler, suggest
 from vaebench.board import TensorBoardRun
@@ -54,6 +54,7 @@ class StudyRun:
     failures: dict[int, str] = field(default_factory=dict)  # trials that raised or diverged in this run
     retried: list[int] = field(default_factory=list)  # trials of dead workers queued again
     interrupted: bool = False
+    untracked: list[int] = field(default_factory=list)  # failed trials with no MLflow run (reason in Optuna only)
 
 
 class Withdrawn(Exception):
@@ -84,6 +85,7 @@ class Worker:
         self.me = recovery.Process.current()
         self.heartbeat = heartbeat
         self.failures: dict[int, str] = {}
+        self.untracked: list[int] = []
         self.retried: list[int] = []
         self.current: _Current | None = None
         self.requeued = False
@@ -98,28 +100,39 @@ class Worker:
     # -- the loop -----------------------------------------------------------------------
 
     def run(self) -> StudyRun:
+        """Work until the study is complete, no trial is left to start, or Ctrl-C; then close
+        the runs (see `closing`). `interrupted` in the result: stopped with trials left to run."""
         complete = len(self.study.get_trials(deepcopy=False, states=DONE)) >= self.total
         if not complete:
             self.tracker.reopen(self.parent_id)
-        interrupted = False
-        try:
-            self.sweep()
-            self.loop()
-        except KeyboardInterrupt:
-            interrupted = True
-            self.on_interrupt()
-        finally:
-            for failure in self.background.wait():  # the trials' charts and models, written meanwhile
-                print(f"vaebench: warning: {failure}", file=sys.stderr)
-        interrupted = interrupted or self.stop.is_set()
-        if not interrupted:
-            self.finish_best()
-        trials = self.study.get_trials(deepcopy=False)
-        done = sum(t.state in DONE for t in trials)
-        if not complete or self.tracker.run(self.parent_id).status() != "FINISHED":
-            self.end_parent(trials, done, interrupted)
+        with interrupt.scope():
+            interrupted = False
+            try:
+                self.sweep()
+                self.loop()
+            except KeyboardInterrupt:
+                interrupted = True
+                interrupt.begin_closing()
+                closing.close_interrupted(self)
+            except Exception as exc:
+                cause = closing.store_error(exc)
+                if cause is None:
+                    raise
+                interrupt.begin_closing()
+                raise closing.close_after_store_failure(self, cause) from exc
+            finally:
+                for failure in self.background.wait():  # the trials' charts and models, written meanwhile
+                    print(f"vaebench: warning: {failure}", file=sys.stderr)
+            interrupt.begin_closing()
+            trials = self.study.get_trials(deepcopy=False)
+            done = sum(t.state in DONE for t in trials)
+            interrupted = (interrupted or self.stop.is_set()) and done < self.total
+            if not interrupted:
+                self.finish_best()
+            if not complete or self.tracker.run(self.parent_id).status() != "FINISHED":
+                closing.end_parent(self, trials, done, interrupted)
         return StudyRun(self.study, self.parent_id, self.tracker.experiment_id, self.tracker.tracking_uri,
-                        done, self.total, self.failures, self.retried, interrupted)
+                        done, self.total, self.failures, self.retried, interrupted, self.untracked)
 
     def loop(self) -> None:
         """New trials while the study needs them: finished + running < total. Each worker
@@ -158,25 +171,6 @@ class Worker:
             return f"grid point {point} is taken"
         return None
 
-    def on_interrupt(self) -> None:
-        """Ctrl-C: the trial that was running is FAIL in Optuna, KILLED (INTERRUPTED) in MLflow,
-        and queued again with the same values."""
-        current = self.current
-        if current is None:
-            return
-        trial = self._stored(current.number)
-        if trial.state == TrialState.RUNNING:  # a second Ctrl-C came before Optuna recorded the failure
-            recovery.fail(self.study, trial, INTERRUPTED)
-            trial = self._stored(current.number)
-        if trial.state == TrialState.FAIL and trial.user_attrs.get(REASON_ATTR) in (None, INTERRUPTED):
-            recovery.requeue(self.study, trial, retry=False)  # not a trial that failed on its own, or was not needed
-        if current.run and current.run.status() == "RUNNING":
-            current.run.finish("INTERRUPTED", INTERRUPTED)
-
-    def _stored(self, number: int) -> FrozenTrial:
-        """Trial `number` as stored now."""
-        return next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-
     def finish_best(self) -> None:
         """Give the best trial so far the full artifact set (charts, MLflow model in the
         standalone `pt2` format), rebuilt from its logged weights, unless it has it. Every
@@ -195,26 +189,12 @@ class Worker:
         artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id, name, cfg.flat(),
                            step=cfg.train.epochs)
 
-    def end_parent(self, trials: list[FrozenTrial], done: int, interrupted: bool) -> None:
-        """COMPLETE once the study is complete; else, when no other worker is running a trial,
-        INTERRUPTED after Ctrl-C or INCOMPLETE (trials failed; running again retries them)."""
-        summary = {"n_trials_done": float(done)}
-        if any(t.state == TrialState.COMPLETE for t in trials):
-            summary[f"best_{self.spec.search.objective}"] = self.study.best_value
-            best_run = self.study.best_trial.user_attrs.get(RUN_ATTR)
-            if best_run:
-                tracking_ui.summarize_parent(self.tracker.run(self.parent_id), best_run, self.spec.search.objective)
-        if done >= self.total:
-            self.tracker.end_parent(self.parent_id, "COMPLETE", summary)
-        elif not any(t.state == TrialState.RUNNING for t in trials):
-            self.tracker.end_parent(self.parent_id, "INTERRUPTED" if interrupted else "INCOMPLETE", summary)
-
     # -- one trial ----------------------------------------------------------------------
 
     def objective(self, trial: optuna.Trial) -> float:
         self.current = _Current(trial.number)
         trial.set_user_attr(WORKER_ATTR, asdict(self.me) | {"trial": trial.number})
-        frozen = self._stored(trial.number)
+        frozen = closing.stored(self, trial.number)
         self.requeued = REQUEUED_ATTR in frozen.user_attrs or internals.retried_trial_number(frozen) is not None
         why_not = self.admit(frozen)
         if why_not:
@@ -232,6 +212,8 @@ class Worker:
             trial.set_user_attr(REASON_ATTR, reason)
             if self.current.run:
                 self.current.run.finish("FAIL", reason + "\n" + traceback.format_exc(limit=5))
+            else:
+                self.untracked.append(trial.number)
             raise
 
     def train_trial(self, trial: optuna.Trial) -> float:
@@ -275,6 +257,7 @@ class Worker:
         def report(epoch: int, m: dict[str, float]) -> None:
             self.progress.on_epoch(trial.number, epoch, cfg.train.epochs)
             if self.stop.is_set():
+                interrupt.begin_closing()
                 raise KeyboardInterrupt
             trial.report(m[objective_key], epoch)
             if trial.should_prune():
@@ -292,6 +275,7 @@ class Worker:
             self.drop_checkpoint(ckpt)
             raise
         except KeyboardInterrupt:
+            interrupt.begin_closing()  # a second Ctrl-C stopped the epoch: closing from here
             trial.set_user_attr(REASON_ATTR, INTERRUPTED)
             run.finish("INTERRUPTED", INTERRUPTED)
             raise
