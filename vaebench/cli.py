@@ -120,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import board, checkpoint, report, search, stores, tracking, tracking_ui, trial
+    from vaebench import board, checkpoint, mlflow_view, report, search, stores, tracking, tracking_ui, trial
     from vaebench.progress import ProgressBar
 
     if args.tensorboard and not board.tensorboard_available():
@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
         print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}")
-        print(f"compare in MLflow: `vaebench ui` in this folder, then {ui_link(result.experiment_id)}")
+        print(f"compare in MLflow: `vaebench ui` in this folder, then {mlflow_view.study_link(result.experiment_id)}")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
@@ -251,29 +251,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if outcome.identical else 1
 
 
-# MLflow's job executor (a job runner and its huey consumer processes) runs GenAI jobs, which
-# vaebench never submits: the UI needs one web worker and nothing else.
-UI_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
 def ui_command(args: argparse.Namespace) -> list[str]:
-    """MLflow's server on this study folder's store, one worker, bound to --host (default
-    127.0.0.1: local only)."""
-    from vaebench import tracking
+    """MLflow's server on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
+    from vaebench import mlflow_view, tracking
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
-            "--host", args.host, "--port", str(args.port), "--workers", "1"]
-
-
-def ui_link(experiment_id: str, port: int = 5000) -> str:
-    """The link `vaebench ui` (default port) prints for a study just run."""
-    import importlib.metadata
-
-    from vaebench import mlflow_view
-
-    with_view = mlflow_view.view_supported(importlib.metadata.version("mlflow"))
-    return mlflow_view.runs_url(f"http://127.0.0.1:{port}", experiment_id, with_view=with_view)
+    return mlflow_view.server_command(tracking.resolve_tracking_uri(args.tracking_uri), args.host, args.port)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -286,7 +268,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     for name, url in mlflow_view.study_links(tracking.resolve_tracking_uri(args.tracking_uri), base):
         print(f"{name}: {url}")
     print(" ".join(cmd), flush=True)
-    os.execvpe(cmd[0], cmd, os.environ | UI_ENV)
+    os.execvpe(cmd[0], cmd, os.environ | mlflow_view.SERVER_ENV)
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,

@@ -159,6 +159,27 @@ def runs_url(base_url: str, experiment_id: str, with_view: bool = True, charts: 
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
+def study_link(experiment_id: str, port: int = 5000) -> str:
+    """The link `vaebench ui` (default port) prints for a study just run."""
+    import importlib.metadata
+
+    with_view = view_supported(importlib.metadata.version("mlflow"))
+    return runs_url(f"http://127.0.0.1:{port}", experiment_id, with_view=with_view)
+
+
+# MLflow's job executor (a job runner and its huey consumer processes) runs GenAI jobs, which
+# vaebench never submits: the UI needs one web worker and nothing else.
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """MLflow's server on the store, one worker (run with SERVER_ENV)."""
+    import sys
+
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+
 def study_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
     """(experiment name, link) for every active experiment of the store but MLflow's Default
     one; the link opens the saved view where the experiment has it."""
