@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
+
+CALL_REPORT = pytest.StashKey[pytest.TestReport]()  # a test's outcome, for fixtures that keep evidence of failures
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[CALL_REPORT] = report
+    return report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

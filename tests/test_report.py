@@ -153,10 +153,20 @@ def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_pa
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("pairs").experiment_id], "tags.`vaebench.role` = 'trial'")
     assert len(runs) == 4
-    for run in runs:  # by default every trial gets the charts and its MLflow model
+    best = max(runs, key=lambda r: r.data.metrics["val_elbo"])
+    for run in runs:  # by default every trial gets the charts and its MLflow model (the best: standalone)
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"latent_pca.png", "traversals.png", "kl_per_dim.png", "weights"} <= artifacts
         assert run.data.tags["vaebench.model_uri"].startswith("models:/")
+        assert run.data.tags["vaebench.model_format"] == ("pt2" if run is best else "pickle")
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    other = next(r for r in runs if r is not best)
+    model = mlflow.pytorch.load_model(other.data.tags["vaebench.model_uri"])  # the pickled model loads back
+    x = torch.zeros(2, 1, 8, 8)
+    assert model(x).shape == x.shape
     assert folder.is_dir() and (folder / "figures" / "metrics_vs_objective.png").is_file()
     assert (folder / "figures" / "rate_distortion.png").is_file()  # coloured by configuration
     assert "model.c_max" not in (folder / "report.md").read_text().split("fixed settings")[1].split("\n")[0]

@@ -60,3 +60,39 @@ def test_a_store_file_needs_a_writable_folder_and_no_folder_in_its_place(tmp_pat
     (tmp_path / "text.db").write_text("not a database\n")
     with pytest.raises(InputError, match="text.db is not an SQLite database"):
         stores.check_store_url(f"sqlite:///{tmp_path / 'text.db'}", "--storage")
+
+
+def test_wait_for_server_returns_once_health_answers_and_fails_when_the_server_exits() -> None:
+    import http.server
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    answered: list[str] = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            answered.append(self.path)
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert stores.wait_for_server(f"http://127.0.0.1:{server.server_port}/", timeout_s=10) >= 0
+        assert answered == ["/health"]
+    finally:
+        server.shutdown()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exited = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    exited.wait()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        stores.wait_for_server(f"http://127.0.0.1:{port}", exited, timeout_s=30)
+    with pytest.raises(RuntimeError, match="did not answer in 0.5 s"):
+        stores.wait_for_server(f"http://127.0.0.1:{port}", timeout_s=0.5)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -51,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write TensorBoard event files (scalars per epoch, image grids) under DIR")
     run.add_argument("--threads", type=int, default=None, metavar="N",
                      help="torch CPU threads for this worker (default: torch's; use 1 with several workers)")
+    run.add_argument("--system-metrics", action="store_true",
+                     help="MLflow's system metrics (CPU, memory, disk, network; GPU with nvidia-ml-py) on every "
+                          "trial's run; needs psutil (pip install -e \".[system-metrics]\")")
     run.add_argument("--artifacts", choices=("all", "best"), default="all",
                      help="which trials get the charts and the MLflow model (default all; best: only the "
-                          "study's best trial, at the end, which saves ~0.35 s a trial; every trial keeps "
+                          "study's best trial, at the end; every trial keeps "
                           "its image grids and weights)")
     run.add_argument("--checkpoint-dir", default=None, metavar="DIR",
                      help="folder for running trials' checkpoints, shared by all workers (default: "
@@ -118,11 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
 
-    from vaebench import checkpoint, report, search, stores, tracking, trial
+    from vaebench import board, checkpoint, mlflow_view, report, search, stores, tracking, tracking_ui, trial
     from vaebench.progress import ProgressBar
 
-    if args.tensorboard and not tracking.tensorboard_available():
+    if args.tensorboard and not board.tensorboard_available():
         raise InputError("--tensorboard: the tensorboard package is not installed (pip install tensorboard)")
+    if args.system_metrics and not tracking_ui.system_metrics_available():
+        raise InputError("--system-metrics: the psutil package is not installed (pip install psutil)")
 
     tracking.quiet()
     tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -151,12 +155,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       study_path=str(path), n_trials=args.trials, progress=bar.hooks(),
                                       data_dir=args.data_dir, tensorboard_dir=args.tensorboard, stop=stop,
                                       artifacts_mode=args.artifacts, ckpt_options=ckpt_options,
-                                      command=["vaebench", *args.argv], fresh=args.fresh)
+                                      system_metrics=args.system_metrics, command=["vaebench", *args.argv],
+                                      fresh=args.fresh)
         retried = f", {len(result.retried)} re-queued after their worker died" if result.retried else ""
         print(f"study {spec.name}: {result.finished}/{result.total} trials finished{retried} "
               f"(Optuna storage {stores.redact(args.storage)}, study '{spec.name}')")
-        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}"
-              f"  -> `mlflow ui` in this folder")
+        print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}")
+        print(f"compare in MLflow: `vaebench ui` in this folder, then {mlflow_view.study_link(result.experiment_id)}")
         if result.finished == 0:
             what = failure_summary(result.failures) if result.failures else "no trial ran"
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
@@ -247,18 +252,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def ui_command(args: argparse.Namespace) -> list[str]:
-    """`mlflow ui` on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
-    from vaebench import tracking
+    """MLflow's server on this study folder's store, bound to --host (default 127.0.0.1: local only)."""
+    from vaebench import mlflow_view, tracking
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", args.host, "--port", str(args.port)]
+    return mlflow_view.server_command(tracking.resolve_tracking_uri(args.tracking_uri), args.host, args.port)
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
+    """Prints each study's link (its runs, in model-training mode, with its saved view), then
+    becomes the server: no vaebench process stays behind it."""
+    from vaebench import mlflow_view, tracking
+
     cmd = ui_command(args)
-    print(" ".join(cmd))
-    return subprocess.call(cmd)
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    for name, url in mlflow_view.study_links(tracking.resolve_tracking_uri(args.tracking_uri), base):
+        print(f"{name}: {url}")
+    print(" ".join(cmd), flush=True)
+    os.execvpe(cmd[0], cmd, os.environ | mlflow_view.SERVER_ENV)
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,

@@ -449,10 +449,12 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     params = record.parent.data.params
     metrics = table_metrics(board, record.objective)
     study_file = record.parent.data.tags.get(tk.STUDY_FILE, f"{record.study}")
+    tags = record.parent.data.tags
+    description = tags.get(tk.DESCRIPTION, tags.get(tk.NOTE, ""))  # a store from before the DESCRIPTION tag
     lines = [
         f"# {record.study}",
         "",
-        f"> {record.parent.data.tags.get(tk.NOTE, '').strip() or 'No description.'}",
+        f"> {description.strip() or 'No description.'}",
         "",
         "## Settings",
         "",

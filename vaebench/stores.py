@@ -1,11 +1,13 @@
 """Store URLs shared by Optuna (--storage) and MLflow (--tracking-uri): printing them without
-passwords, finding the file behind an SQLite URL, and refusing, before anything is written, a
-store that cannot work."""
+passwords, finding the file behind an SQLite URL, refusing, before anything is written, a
+store that cannot work, and waiting for an MLflow server to answer."""
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import subprocess
+import time
 from pathlib import Path
 
 from vaebench.errors import InputError
@@ -111,3 +113,23 @@ def sqlite_tables(path: Path) -> set[str]:
 
     with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
         return {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
+
+
+def wait_for_server(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120.0) -> float:
+    """Waits until the MLflow server at `url` answers `/health` (while it starts it may refuse
+    connections or be too busy to answer); returns the seconds waited. RuntimeError when
+    `proc`, the server's process, exits first, or after `timeout_s`."""
+    import requests
+
+    start = time.monotonic()
+    while True:
+        try:
+            if requests.get(f"{url.rstrip('/')}/health", timeout=2).ok:
+                return time.monotonic() - start
+        except requests.RequestException:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the MLflow server at {url} exited with {proc.returncode}")
+        if time.monotonic() - start > timeout_s:
+            raise RuntimeError(f"the MLflow server at {url} did not answer in {timeout_s:g} s")
+        time.sleep(0.2)

@@ -38,6 +38,7 @@ SAMPLER = "vaebench.sampler"
 STUDY_FILE = "vaebench.study_file"
 LITERATURE = "vaebench.literature"  # on the parent: the study file's published numbers (JSON)
 MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
+MODEL_FORMAT = "vaebench.model_format"  # that model's serialization: pt2 (standalone) or pickle
 # on every child run: where and with what it ran
 VERSION = "vaebench.version"
 TORCH_VERSION = "vaebench.torch_version"
@@ -52,7 +53,10 @@ OPTUNA_TRIAL_ID = "vaebench.optuna_trial_id"
 RESUMED_AT_EPOCH = "vaebench.resumed_at_epoch"  # a trial that went on from a checkpoint: its first epoch
 # MLflow's own tags
 PARENT = "mlflow.parentRunId"
-NOTE = "mlflow.note.content"  # the description the MLflow UI shows
+NOTE = "mlflow.note.content"  # the description the MLflow UI shows (an experiment's or a run's)
+DESCRIPTION = "vaebench.description"  # the study file's description, on the parent (its note adds the best trial)
+RUN_COLOR = "mlflow.runColor"  # a run's colour in the runs table and charts
+DATA_CONTEXT = "mlflow.data.context"  # a dataset input's role: training, evaluation
 
 # The one map from a vaebench state (the STATE tag; a trial's state is its Optuna TrialState
 # name) to MLflow's run status. A parent run ends COMPLETE, INTERRUPTED or INCOMPLETE (trials
@@ -63,14 +67,22 @@ STATUS = {
 }
 _MAX_BATCH = 100  # MLflow's limit of params per log_batch call
 _MAX_METRICS = 1000  # and of metrics
+SYSTEM_METRICS = "system/"  # the prefix of MLflow's system metrics
 FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are written
 
 
+def _not_pickle_advice(record: logging.LogRecord) -> bool:
+    return "Pickle or CloudPickle" not in record.getMessage()
+
+
 def quiet() -> None:
-    """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar."""
+    """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar,
+    and MLflow's advice against pickled models (vaebench pickles its own model classes, for
+    its trials; the best trial's model is also in the standalone pt2 format)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").addFilter(_not_pickle_advice)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -113,7 +125,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _finite(metrics: dict[str, float]) -> dict[str, float]:
+def finite(metrics: dict[str, float]) -> dict[str, float]:
     """A metric that could not be computed is left out (shown empty), never logged as 0 or NaN."""
     return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
 
@@ -134,9 +146,14 @@ class TrialRun:
         in one call: each write is a database transaction, costly beside a short epoch.
         `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
-        self.buffer += [Metric(k, v, ts, step) for k, v in _finite(metrics).items()]
+        self.buffer += [Metric(k, v, ts, step) for k, v in finite(metrics).items()]
         if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
             self.flush()
+
+    def log_final(self, metrics: dict[str, float]) -> None:
+        """A trial's final scores at step 0: bars in the chart view, not a dot at the last
+        epoch of a line; `log_model` links them to the model."""
+        self.log_metrics(metrics, step=0)
 
     def flush(self) -> None:
         for i in range(0, len(self.buffer), _MAX_METRICS):
@@ -150,6 +167,12 @@ class TrialRun:
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_input(self, dataset: Any, context: str) -> None:
+        """A dataset input of the run (an `mlflow.entities.Dataset`) in the role `context`."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT, context)])])
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -179,17 +202,34 @@ class TrialRun:
         """The run's artifact `path`, copied into `folder`; returns the local file."""
         return self.client.download_artifacts(self.run_id, path, folder)
 
-    def log_model(self, model: Any, experiment_id: str, input_example: Any, pip_requirements: list[str]) -> str:
-        """`model` as an MLflow model of this run, created in `experiment_id` (the study's, not
-        the process's active experiment); returns its URI."""
+    def log_model(
+        self, model: Any, experiment_id: str, name: str, params: dict[str, Any], step: int, **kwargs: Any,
+    ) -> str:
+        """`model` (`mlflow.pytorch.log_model`, `kwargs` passed on) as a logged model of this
+        run, created in `experiment_id` (the study's, not the process's active experiment),
+        named `name` with `params`, output at `step` (whose metrics MLflow links to it); the
+        final scores (step 0) are linked too, with the run's dataset. Returns its URI."""
         import mlflow.pytorch
 
-        logged = self.client.create_logged_model(experiment_id, name="model", source_run_id=self.run_id)
-        info = mlflow.pytorch.log_model(
-            model, name="model", model_id=logged.model_id, run_id=self.run_id,
-            input_example=input_example, pip_requirements=pip_requirements,
-        )
+        logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
+                                                 params={k: str(v) for k, v in params.items()})
+        info = mlflow.pytorch.log_model(model, name="model", model_id=logged.model_id, run_id=self.run_id,
+                                        step=step, **kwargs)
+        self.link_final(logged.model_id)
         return info.model_uri
+
+    def link_final(self, model_id: str) -> None:
+        """Links the run's step-0 metrics (the final scores) to `model_id` and to the run's
+        dataset input: the Models tab's metric columns. Logged again with the same time stamps,
+        the run's own metrics are unchanged (MLflow drops the duplicates)."""
+        run = self.client.get_run(self.run_id)
+        inputs = run.inputs.dataset_inputs if run.inputs else []
+        dataset = {"dataset_name": inputs[0].dataset.name, "dataset_digest": inputs[0].dataset.digest} if inputs else {}
+        final = [Metric(m.key, m.value, m.timestamp, 0, model_id=model_id, **dataset)
+                 for key in run.data.metrics if not key.startswith(SYSTEM_METRICS)
+                 for m in self.client.get_metric_history(self.run_id, key) if m.step == 0]
+        for i in range(0, len(final), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=final[i : i + _MAX_METRICS])
 
 
 @dataclass
@@ -223,6 +263,9 @@ class StudyTracker:
     def run(self, run_id: str) -> TrialRun:
         """A run of this store by id (a trial's child run or the study's parent run)."""
         return TrialRun(self.client, run_id)
+
+    def set_experiment_tag(self, key: str, value: str) -> None:
+        self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def delete_run(self, run_id: str) -> None:
         self.client.delete_run(run_id)
@@ -298,31 +341,3 @@ class StudyTracker:
         run = TrialRun(self.client, run_id)
         run.set_tags({TRIAL: str(number), STATE: "RUNNING", REASON: ""} | tags)
         return run
-
-
-class TensorBoardRun:
-    """The same per-epoch scalars and pictures as MLflow, as TensorBoard event files."""
-
-    def __init__(self, log_dir: Path) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
-
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        for name, value in _finite(metrics).items():
-            if name != "epoch":
-                self.writer.add_scalar(name, value, epoch)
-
-    def log_picture(self, path: Path, step: int) -> None:
-        from torchvision.io import ImageReadMode, read_image
-
-        self.writer.add_image(path.stem, read_image(str(path), ImageReadMode.RGB), step)
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def tensorboard_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("tensorboard") is not None

@@ -16,7 +16,8 @@ from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.stores import short_reason
-from vaebench.tracking import TensorBoardRun, TrialRun
+from vaebench.board import TensorBoardRun
+from vaebench.tracking import TrialRun
 
 
 def environment() -> dict[str, str]:
@@ -104,10 +105,12 @@ def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
     ckpt: checkpoint.TrialCheckpoint | None = None, ckpt_options: checkpoint.Options | None = None,
-    resume: dict[str, Any] | None = None,
+    resume: dict[str, Any] | None = None, model_name: str = "model", background: artifacts.Background | None = None,
 ) -> dict[str, float]:
-    """fit + evaluate one config, logging each epoch, the final scores and the per-trial
-    artifacts to `run` (and `board`); the full set too when given the experiment to put it in.
+    """fit + evaluate one config, logging each epoch, the final scores (at step 0) and the
+    per-trial artifacts to `run` (and `board`); the full set too when given the experiment to
+    put it in, its MLflow model named `model_name`: standalone (`pt2`) here, or pickled on
+    `background`, which the caller waits for.
     With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
     written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
@@ -142,10 +145,15 @@ def train_and_evaluate(
         "train_seconds": history.train_seconds,
         "n_params": float(model.n_params),
     }
-    run.log_metrics(final, step=cfg.train.epochs)  # the last epoch's val_* are logged already
+    run.log_final(final)  # the last epoch's val_* are logged already
     if board:
         board.log_epoch(cfg.train.epochs, final)
-    artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
+    kl = artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
-        artifacts.log_full(model, ds, run, full_artifacts_in)
+        full = dict(name=model_name, params=cfg.flat(), step=cfg.train.epochs, kl=kl)
+        if background is None:
+            artifacts.log_full(model, ds, run, full_artifacts_in, **full)
+        else:
+            background.submit(f"{model_name}: charts and model", artifacts.log_full, model, ds, run,
+                              full_artifacts_in, standalone=False, **full)
     return history.last | final

@@ -16,7 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vaebench.errors import StoreFailure
 from vaebench.search import recovery
-from vaebench.search.attrs import INTERRUPTED, REASON_ATTR
+from vaebench import tracking_ui
+from vaebench.search.attrs import INTERRUPTED, REASON_ATTR, RUN_ATTR
 from vaebench.stores import short_reason
 
 if TYPE_CHECKING:
@@ -109,6 +110,9 @@ def end_parent(worker: Worker, trials: list[FrozenTrial], done: int, interrupted
     summary = {"n_trials_done": float(done)}
     if any(t.state == TrialState.COMPLETE for t in trials):
         summary[f"best_{worker.spec.search.objective}"] = worker.study.best_value
+        best_run = worker.study.best_trial.user_attrs.get(RUN_ATTR)
+        if best_run:
+            tracking_ui.summarize_parent(worker.tracker.run(worker.parent_id), best_run, worker.spec.search.objective)
     if done >= worker.total:
         worker.tracker.end_parent(worker.parent_id, "COMPLETE", summary)
     elif not any(t.state == TrialState.RUNNING for t in trials):

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 
-from vaebench import checkpoint, manifest, train
+from vaebench import checkpoint, manifest, tracking_ui, train
 from vaebench import trial as pipeline
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
@@ -38,7 +38,8 @@ def parent_run(spec: StudySpec, study: optuna.Study, tracker: StudyTracker, path
         return run_id
     mine = tracker.create_parent(
         tags={tk.OBJECTIVE: spec.search.objective, tk.DIRECTION: spec.search.direction,
-              tk.STUDY_FILE: path, tk.SAMPLER: spec.search.sampler, tk.NOTE: spec.description}
+              tk.STUDY_FILE: path, tk.SAMPLER: spec.search.sampler, tk.NOTE: spec.description,
+              tk.DESCRIPTION: spec.description} | tracking_ui.source_tags()
         | ({tk.LITERATURE: spec.literature.to_json()} if spec.literature else {}),
         params={f"search.{k}": v for k, v in spec.search.model_dump(exclude={"space"}).items()}
         | {"search.space": json.dumps(spec.search.model_dump()["space"])},
@@ -63,14 +64,15 @@ def run_study(
     n_trials: int | None = None, progress: Progress | None = None, data_dir: str | None = None,
     tensorboard_dir: str | None = None, stop: threading.Event | None = None, artifacts_mode: str = "all",
     ckpt_options: checkpoint.Options | None = None, command: Sequence[str] | None = None,
-    fresh: bool = False,
+    system_metrics: bool = False, fresh: bool = False,
 ) -> StudyRun:
     """Run (or resume) the study until it has `n_trials` finished (complete or pruned) trials.
 
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
     its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the
-    costly artifacts (see vaebench.artifacts), "best" only the best trial. `command` is what
+    costly artifacts (see vaebench.artifacts), "best" only the best trial. `system_metrics`: MLflow's
+    system metrics on every trial's run. `command` is what
     the manifest records as the command line (default: this process's). `fresh` starts the
     study over (see consistency.start_fresh); without it, stores that disagree about the study
     are refused (consistency). `stop`, once set (the CLI's first Ctrl-C), ends the running
@@ -94,7 +96,10 @@ def run_study(
             doc = manifest.collect(spec.model_dump(mode="json"), fingerprints, command,
                                    str(train.resolve_device(spec.device)))
         parent_id = parent_run(spec, study, tracker, study_path, doc)
+        tracking_ui.describe_experiment(tracker, spec.description)
+        tracking_ui.save_view(tracker, spec)
     ckpt_options = ckpt_options or checkpoint.Options(checkpoint_folder(storage_url, spec.name))
     worker = Worker(spec, study, tracker, parent_id, total, progress or Progress(), stop or threading.Event(),
-                    data_dir, tensorboard_dir, artifacts_mode, ckpt_options, heartbeat=heartbeat_enabled(storage))
+                    data_dir, tensorboard_dir, artifacts_mode, ckpt_options, heartbeat=heartbeat_enabled(storage),
+                    system_metrics=system_metrics)
     return worker.run()

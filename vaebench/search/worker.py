@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -21,7 +23,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import artifacts, checkpoint, interrupt, train
+from vaebench import artifacts, checkpoint, interrupt, mlflow_view, train, tracking_ui
 from vaebench import tracking as tk
 from vaebench import trial as pipeline
 from vaebench.config import StudySpec
@@ -29,7 +31,8 @@ from vaebench.errors import DivergenceError
 from vaebench.search import closing, internals, recovery
 from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
 from vaebench.search.space import GridSampler, suggest
-from vaebench.tracking import StudyTracker, TensorBoardRun, TrialRun
+from vaebench.board import TensorBoardRun
+from vaebench.tracking import StudyTracker, TrialRun
 
 
 @dataclass
@@ -72,12 +75,13 @@ class Worker:
         self, spec: StudySpec, study: optuna.Study, tracker: StudyTracker, parent_id: str, total: int,
         progress: Progress, stop: threading.Event, data_dir: str | None = None,
         tensorboard_dir: str | None = None, artifacts_mode: str = "all",
-        ckpt_options: checkpoint.Options | None = None, *, heartbeat: bool = False,
+        ckpt_options: checkpoint.Options | None = None, *, heartbeat: bool = False, system_metrics: bool = False,
     ) -> None:
         self.spec, self.study, self.tracker, self.parent_id, self.total = spec, study, tracker, parent_id, total
         self.ckpt_options = ckpt_options
         self.progress, self.stop, self.data_dir, self.tensorboard_dir = progress, stop, data_dir, tensorboard_dir
         self.artifacts_mode = artifacts_mode
+        self.system_metrics = system_metrics
         self.me = recovery.Process.current()
         self.heartbeat = heartbeat
         self.failures: dict[int, str] = {}
@@ -85,6 +89,8 @@ class Worker:
         self.retried: list[int] = []
         self.current: _Current | None = None
         self.requeued = False
+        self.source_tags = tracking_ui.source_tags()
+        self.background = artifacts.Background()
 
     def sweep(self) -> None:
         """Fail and queue again the trials of dead workers; end child runs left RUNNING."""
@@ -114,6 +120,9 @@ class Worker:
                     raise
                 interrupt.begin_closing()
                 raise closing.close_after_store_failure(self, cause) from exc
+            finally:
+                for failure in self.background.wait():  # the trials' charts and models, written meanwhile
+                    print(f"vaebench: warning: {failure}", file=sys.stderr)
             interrupt.begin_closing()
             trials = self.study.get_trials(deepcopy=False)
             done = sum(t.state in DONE for t in trials)
@@ -163,20 +172,22 @@ class Worker:
         return None
 
     def finish_best(self) -> None:
-        """Give the best trial so far the full artifact set (charts, MLflow model), rebuilt
-        from its logged weights, unless it has it. Every worker does this as it ends, so
-        the last one to end covers the study's final best."""
+        """Give the best trial so far the full artifact set (charts, MLflow model in the
+        standalone `pt2` format), rebuilt from its logged weights, unless it has it. Every
+        worker does this as it ends, so the last one to end covers the study's final best."""
         try:
             best = self.study.best_trial
         except ValueError:  # no complete trial
             return
         run_id = best.user_attrs.get(RUN_ATTR)
-        if not run_id or artifacts.has_full(self.tracker.run(run_id)):
+        if not run_id or artifacts.has_full(self.tracker.run(run_id), standalone=True):
             return
         cfg = self.spec.with_params(self.spec.search.values(best.params))
         ds = pipeline.load_data(cfg, self.data_dir)
         model = artifacts.load_weights(self.tracker.run(run_id), pipeline.build_model(cfg, ds))
-        artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id)
+        name = tracking_ui.logged_model_name(best.number, self.spec.search.values(best.params))
+        artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id, name, cfg.flat(),
+                           step=cfg.train.epochs)
 
     # -- one trial ----------------------------------------------------------------------
 
@@ -218,7 +229,8 @@ class Worker:
             tk.DEVICE: str(train.resolve_device(cfg.device)),
             tk.SEED: cfg.seed,
             tk.OPTUNA_TRIAL_ID: internals.trial_id(trial),
-        }
+            tk.RUN_COLOR: mlflow_view.run_color(spec, params),
+        } | self.source_tags
         ckpt, resume, run = None, None, None
         if self.ckpt_options is not None:
             ckpt = checkpoint.TrialCheckpoint(self.ckpt_options.folder, checkpoint.identity(cfg.flat(), ds.fingerprint))
@@ -237,6 +249,7 @@ class Worker:
         assert self.current is not None
         self.current.run = run
         trial.set_user_attr(RUN_ATTR, run.run_id)
+        tracking_ui.log_dataset(run, ds, self.data_dir or f"vaebench.data:{ds.name}")
         objective_key = spec.search.objective
         for past in (resume or {}).get("history", {}).get("epochs", []):  # the pruner sees the whole curve
             trial.report(past[objective_key], int(past["epoch"]))
@@ -253,7 +266,10 @@ class Worker:
         board = TensorBoardRun(Path(self.tensorboard_dir) / spec.name / name) if self.tensorboard_dir else None
         try:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
-            final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options, resume)
+            with tracking_ui.system_metrics(run) if self.system_metrics else contextlib.nullcontext():
+                final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options,
+                                                    resume, tracking_ui.logged_model_name(trial.number, params),
+                                                    self.background)
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             self.drop_checkpoint(ckpt)
@@ -269,7 +285,8 @@ class Worker:
         finally:
             if board:
                 board.close()
-        run.finish("COMPLETE")
+        tracking_ui.describe_run(run, tracking_ui.trial_summary(name, objective_key, final))
+        run.finish("COMPLETE")  # its charts and model may still be being written on `background`
         self.drop_checkpoint(ckpt)
         return final[objective_key]
 
