@@ -18,9 +18,8 @@
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
    grids, weights, description) in each way of tracking, against the same training and
-   evaluation with no tracking: the default (every trial's charts and pickled model written
-   on a background thread while the next trial trains), the same written in line with the
-   standalone pt2 model (as before), `--artifacts best`, and the default with
+   evaluation with no tracking: the default (every trial's charts and pt2 model written
+   on a background thread while the next trial trains), the same written in line, `--artifacts best`, and the default with
    `--system-metrics`. Each variant runs `--sequence` trials in a row, then waits for its
    background jobs; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, on the wall clock and on the
@@ -134,8 +133,8 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         background = artifacts.Background()
 
         def tracked(full: bool, deferred: bool = True, system: bool = False) -> None:
-            """One trial as the worker runs it; `deferred`: the costly set (when `full`) pickled on
-            the background thread, else standalone (pt2) in line, as before."""
+            """One trial as the worker runs it; `deferred`: the costly set (when `full`) on the
+            background thread, else in line."""
             number = next(numbers)
             run = tracker.start_trial(parent, number, f"t{number}", trial.environment() | tracking_ui.source_tags())
             run.log_params(cfg.flat())

@@ -5,9 +5,9 @@ latent dimension as a CSV, and its weights (`weights/state_dict.pt`, enough to r
 model from the run's params). The costly part (latent traversals, matplotlib charts of the
 latent PCA and KL per dimension, and the MLflow model) goes to every trial by default, so each
 child run shows its pictures and model in the MLflow UI. A search writes it on a `Background`
-thread while the next trial trains, with the model pickled (`mlflow.pytorch.load_model` gives
-it back where vaebench is installed); the study's best trial also gets its model in the
-standalone `pt2` (torch.export) format at the end of the run. With `vaebench run --artifacts
+thread while the next trial trains, the model in the standalone `pt2` (torch.export) format:
+no pickle is ever written or loaded (`standalone=False` pickles, about 4x cheaper, for
+benchmarks only). With `vaebench run --artifacts
 best` only the best trial gets the costly part, rebuilt from its weights at the end.
 benchmarks/README.md gives what each part costs.
 """

@@ -71,18 +71,11 @@ SYSTEM_METRICS = "system/"  # the prefix of MLflow's system metrics
 FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are written
 
 
-def _not_pickle_advice(record: logging.LogRecord) -> bool:
-    return "Pickle or CloudPickle" not in record.getMessage()
-
-
 def quiet() -> None:
-    """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar,
-    and MLflow's advice against pickled models (vaebench pickles its own model classes, for
-    its trials; the best trial's model is also in the standalone pt2 format)."""
+    """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("mlflow.pytorch").addFilter(_not_pickle_advice)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:

@@ -109,8 +109,8 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores (at step 0) and the
     per-trial artifacts to `run` (and `board`); the full set too when given the experiment to
-    put it in, its MLflow model named `model_name`: standalone (`pt2`) here, or pickled on
-    `background`, which the caller waits for.
+    put it in, its MLflow model named `model_name` (`pt2`), written here or on `background`,
+    which the caller waits for.
     With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
     written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
@@ -155,5 +155,5 @@ def train_and_evaluate(
             artifacts.log_full(model, ds, run, full_artifacts_in, **full)
         else:
             background.submit(f"{model_name}: charts and model", artifacts.log_full, model, ds, run,
-                              full_artifacts_in, standalone=False, **full)
+                              full_artifacts_in, **full)
     return history.last | final
