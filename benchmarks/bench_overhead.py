@@ -18,10 +18,9 @@
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
    grids, weights, description) in each way of tracking, against the same training and
-   evaluation with no tracking: the default (every trial's charts and pt2 model written
-   on a background thread while the next trial trains), the same written in line, `--artifacts best`, and the default with
-   `--system-metrics`. Each variant runs `--sequence` trials in a row, then waits for its
-   background jobs; rounds alternate the variants (order rotated), medians over `--repeats`.
+   evaluation with no tracking: the default (every trial's charts and pt2 model),
+   `--artifacts best`, and the default with `--system-metrics`. Each variant runs
+   `--sequence` trials in a row; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, on the wall clock and on the
    process's CPU time (all threads; the neighbours' load does not inflate it), with the best
    trial's charts and standalone model (made once per study) spread over the study's
@@ -130,35 +129,31 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         tracking.resolve_tracking_uri(uri)  # as run_study does (log_model uses it)
         parent = tracker.create_parent(tags={}, params={})
         numbers = iter(range(10**6))
-        background = artifacts.Background()
 
-        def tracked(full: bool, deferred: bool = True, system: bool = False) -> None:
-            """One trial as the worker runs it; `deferred`: the costly set (when `full`) on the
-            background thread, else in line."""
+        def tracked(full: bool, system: bool = False) -> None:
+            """One trial as the worker runs it (the costly set when `full`)."""
             number = next(numbers)
             run = tracker.start_trial(parent, number, f"t{number}", trial.environment() | tracking_ui.source_tags())
             run.log_params(cfg.flat())
             tracking_ui.log_dataset(run, ds, "vaebench.data:mnist5k")
             with tracking_ui.system_metrics(run) if system else contextlib.nullcontext():
                 final = trial.train_and_evaluate(cfg, ds, run, [], full_artifacts_in=tracker.experiment_id if full else None,
-                                                 model_name=f"t{number}", background=background if deferred else None)
+                                                 model_name=f"t{number}")
             tracking_ui.describe_run(run, tracking_ui.trial_summary(f"t{number}", "val_elbo", final))
             run.finish("COMPLETE")
 
         variants: dict[str, Callable[[], None]] = {
             "untracked": untracked,
-            "all, in line, pt2 (before)": lambda: tracked(True, deferred=False),
             "all (default)": lambda: tracked(True),
             "best": lambda: tracked(False),
             "all + system metrics": lambda: tracked(True, system=True),
         }
         for fn in variants.values():  # warm-up: imports, first MLflow writes, first figures and models
             fn()
-        background.wait()
         # Tracking calls on the trial's critical path, timed where they are made (they do not nest).
         calls = {"start_trial": (tracking.StudyTracker, "start_trial"), "log_params": (tracking.TrialRun, "log_params"),
                  "log_dataset": (tracking_ui, "log_dataset"), "log_metrics": (tracking.TrialRun, "log_metrics"),
-                 "artifacts": (artifacts, "log_trial"), "submit": (artifacts.Background, "submit"),
+                 "artifacts": (artifacts, "log_trial"),
                  "describe": (tracking_ui, "describe_run"), "finish": (tracking.TrialRun, "finish")}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
@@ -169,7 +164,6 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
                     cpu_start, start = time.process_time(), time.perf_counter()
                     for _ in range(trials):
                         variants[name]()
-                    assert not background.wait()
                     seconds[name].append((time.perf_counter() - start) / trials)
                     cpu[name].append((time.process_time() - cpu_start) / trials)
                 if name == "all (default)":

@@ -7,8 +7,6 @@ import json
 import os
 import re
 import tempfile
-import typing
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest

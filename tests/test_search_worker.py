@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest

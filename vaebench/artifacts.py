@@ -4,19 +4,17 @@ Every trial gets the cheap part: image grids (reconstructions, prior samples), t
 latent dimension as a CSV, and its weights (`weights/state_dict.pt`, enough to rebuild the
 model from the run's params). The costly part (latent traversals, matplotlib charts of the
 latent PCA and KL per dimension, and the MLflow model) goes to every trial by default, so each
-child run shows its pictures and model in the MLflow UI. A search writes it on a `Background`
-thread while the next trial trains, the model in the standalone `pt2` (torch.export) format:
-no pickle is ever written or loaded (`standalone=False` pickles, about 4x cheaper, for
-benchmarks only). With `vaebench run --artifacts
-best` only the best trial gets the costly part, rebuilt from its weights at the end.
+child run shows its pictures and model in the MLflow UI. The model is in the standalone
+`pt2` (torch.export) format: no pickle is ever written or loaded (`standalone=False` pickles,
+about 4x cheaper, for benchmarks only). With `vaebench run --artifacts best` only the best
+trial gets the costly part, rebuilt from its weights at the end.
 benchmarks/README.md gives what each part costs.
 """
 from __future__ import annotations
 
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,21 +89,3 @@ def load_weights(run: TrialRun, model: models.VAEModel) -> models.VAEModel:
         path = run.download(WEIGHTS, tmp)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
-
-
-class Background:
-    """Jobs (trials' costly sets) run in order on one background thread, off the trials'
-    critical path: the next trial trains meanwhile. None of them draws from
-    torch's global random generator, so training stays reproducible. `wait` joins them."""
-
-    def __init__(self) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vaebench-artifacts")
-        self.jobs: list[tuple[str, Future]] = []
-
-    def submit(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.jobs.append((what, self.pool.submit(fn, *args, **kwargs)))
-
-    def wait(self) -> list[str]:
-        """Waits for every job submitted; returns the failures, one line each (`what: error`)."""
-        jobs, self.jobs = self.jobs, []
-        return [f"{what}: {type(e).__name__}: {e}" for what, job in jobs if (e := job.exception()) is not None]

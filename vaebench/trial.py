@@ -105,12 +105,12 @@ def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
     ckpt: checkpoint.TrialCheckpoint | None = None, ckpt_options: checkpoint.Options | None = None,
-    resume: dict[str, Any] | None = None, model_name: str = "model", background: artifacts.Background | None = None,
+    resume: dict[str, Any] | None = None, model_name: str = "model",
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores (at step 0) and the
     per-trial artifacts to `run` (and `board`); the full set too when given the experiment to
-    put it in, its MLflow model named `model_name` (`pt2`), written here or on `background`,
-    which the caller waits for.
+    put it in, its MLflow model named `model_name` (`pt2`). Written in line: torch.export on
+    another thread would flip torch's global "compiling" flag under the next trial's Adam.
     With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
     written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
@@ -151,9 +151,5 @@ def train_and_evaluate(
     kl = artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
         full = dict(name=model_name, params=cfg.flat(), step=cfg.train.epochs, kl=kl)
-        if background is None:
-            artifacts.log_full(model, ds, run, full_artifacts_in, **full)
-        else:
-            background.submit(f"{model_name}: charts and model", artifacts.log_full, model, ds, run,
-                              full_artifacts_in, **full)
+        artifacts.log_full(model, ds, run, full_artifacts_in, **full)
     return history.last | final
