@@ -240,9 +240,9 @@ def test_build_rejects_unknown_names_listing_known_ones(field, known):
 
 
 def test_build_rejects_unknown_hparams():
-    with pytest.raises(ValueError, match=r"'beta'.*'vae'.*valid: hidden"):
+    with pytest.raises(ValueError, match=r"'beta'.*'vae'.*valid: activation, hidden"):
         models.build(**BASE, beta=4.0)
-    with pytest.raises(ValueError, match=r"'channels'.*valid: beta, hidden"):
+    with pytest.raises(ValueError, match=r"'channels'.*valid: activation, beta, hidden"):
         models.build(**{**BASE, "objective": "beta_vae"}, channels=(8,))
     with pytest.raises(TypeError):
         models.OBJECTIVES["vae"](tiny_model(), torch.rand(1, 1, 4, 4), beta=4.0)
@@ -265,7 +265,7 @@ def test_introspection_and_config_roundtrip():
     m = models.build(arch="conv", objective="beta_vae", latent_dim=3, likelihood="gaussian",
                      input_shape=(1, 8, 8), hidden=16)
     assert m.config == {"arch": "conv", "objective": "beta_vae", "latent_dim": 3, "likelihood": "gaussian",
-                        "input_shape": (1, 8, 8), "channels": (32, 64), "hidden": 16, "beta": 1.0}
+                        "input_shape": (1, 8, 8), "channels": (32, 64), "hidden": 16, "activation": "relu", "beta": 1.0}
     again = models.build(**m.config)
     assert again.n_params == m.n_params and again.config == m.config
 
