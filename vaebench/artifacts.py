@@ -1,27 +1,33 @@
 """What a trial leaves in its MLflow run besides metrics: pictures, its weights, the model.
 
-Every trial gets the cheap part: image grids (reconstructions, prior samples), the KL of each
-latent dimension as a CSV, and its weights (`weights/state_dict.pt`, enough to rebuild the
-model from the run's params). The costly part (latent traversals, matplotlib charts of the
-latent PCA and KL per dimension, and the MLflow model) goes to every trial by default, so each
-child run shows its pictures and model in the MLflow UI. The model is in the standalone
-`pt2` (torch.export) format: no pickle is ever written or loaded (`standalone=False` pickles,
-about 4x cheaper, for benchmarks only). With `vaebench run --artifacts best` only the best
-trial gets the costly part, rebuilt from its weights at the end.
-benchmarks/README.md gives what each part costs.
+Every trial gets the cheap part, written in line: image grids (reconstructions, prior samples,
+latent traversals), the KL of each latent dimension as a CSV, and its weights
+(`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly part
+(matplotlib charts of the latent PCA and of the KL per dimension, and the MLflow model in the
+standalone `pt2` format: torch.export, no pickle ever written or loaded) goes to every trial
+by default too. A search hands it to a `Writer`, a process of its own, while the next trial
+trains. With `vaebench run --artifacts best` only the best trial gets the costly part,
+rebuilt from its weights at the end. benchmarks/README.md gives what each part costs.
 """
 from __future__ import annotations
 
+import multiprocessing
+import signal
 import tempfile
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from mlflow import MlflowClient
 
 from vaebench import data, figures, metrics, models
 from vaebench.board import TensorBoardRun
-from vaebench.tracking import MODEL_FORMAT, MODEL_URI, TrialRun
+from vaebench.tracking import MODEL_FORMAT, MODEL_URI, TrialRun, resolve_tracking_uri
 
 WEIGHTS = "weights/state_dict.pt"
 
@@ -29,14 +35,15 @@ WEIGHTS = "weights/state_dict.pt"
 def log_trial(
     model: models.VAEModel, ds: data.Dataset, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0,
 ) -> np.ndarray | None:
-    """The per-trial set: reconstructions and samples, KL per dimension (CSV), the weights.
-    Returns the KL per dimension (None for a deterministic model), for `log_full`'s chart."""
+    """The per-trial set: reconstructions, samples and traversals, KL per dimension (CSV), the
+    weights. Returns the KL per dimension (None for a deterministic model), for `full_set`."""
     x, kl = ds.test.x, None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = [figures.reconstructions(model, x, folder / "reconstructions.png")]
         if model.is_variational:
             files.append(figures.samples(model, folder / "samples.png"))
+            files.append(figures.traversals(model, x[:1], folder / "traversals.png"))
             kl = metrics.kl_per_dim(model, x)
             table = folder / "kl_per_dim.csv"
             table.write_text("dim,kl_nats\n" + "".join(f"{d},{v:.6g}\n" for d, v in enumerate(kl)))
@@ -51,30 +58,70 @@ def log_trial(
     return kl
 
 
-def log_full(
+@dataclass(frozen=True)
+class FullSet:
+    """What the costly set of one trial needs, as plain data (the weights, not the module), so
+    that another process can write it: the charts' arrays and the model to export."""
+
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+    name: str  # the logged model's name
+    params: dict[str, str]  # the logged model's params
+    step: int  # its output step (the last epoch)
+    model: dict[str, Any]  # models.build(**model) rebuilds it
+    weights: dict[str, np.ndarray]  # numpy: pickled by value (torch would pass shared memory)
+    example: np.ndarray  # two test inputs: the model's input example
+    means: np.ndarray  # test posterior means, for the PCA chart
+    labels: np.ndarray
+    kl: np.ndarray | None  # KL per dimension (None: a deterministic model)
+
+
+def full_set(
     model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str, name: str = "model",
-    params: dict[str, Any] | None = None, *, step: int = 0, standalone: bool = True, kl: np.ndarray | None = None,
-) -> str:
-    """The costly set: latent traversals, latent PCA and KL-per-dimension charts and the
-    MLflow model, a logged model of the study's experiment (not the process's active one)
-    named `name`, with `params`, output at `step` (the last epoch). `standalone`: the `pt2`
-    format (torch.export: loads without vaebench), else pickled (about 4x cheaper). `kl`:
-    `log_trial`'s result, not computed again. Returns the model's URI."""
+    params: dict[str, Any] | None = None, *, step: int = 0, kl: np.ndarray | None = None,
+) -> FullSet:
+    """The costly set of `model`'s trial (its run `run`), a logged model of the study's
+    experiment (not the process's active one) named `name`, with `params`, output at `step`.
+    `kl`: `log_trial`'s result, not computed again."""
     x = ds.test.x
+    if model.is_variational and kl is None:
+        kl = metrics.kl_per_dim(model, x)
+    return FullSet(
+        tracking_uri=run.client.tracking_uri, run_id=run.run_id, experiment_id=experiment_id, name=name,
+        params={k: str(v) for k, v in (params or {}).items()}, step=step, model=model.config,
+        weights={k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()},
+        example=x[:2].cpu().numpy().copy(), means=metrics.posterior_means(model, x), labels=ds.test.y.numpy(), kl=kl,
+    )
+
+
+def write_full(job: FullSet) -> float:
+    """Writes `job`: the PCA and KL charts and the `pt2` model, then the run's MODEL_URI tag.
+    Returns the CPU seconds it took (this process's)."""
+    start = time.process_time()
+    resolve_tracking_uri(job.tracking_uri)  # mlflow.pytorch.log_model writes to the global store
+    run = TrialRun(MlflowClient(job.tracking_uri), job.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        means = metrics.posterior_means(model, x)
-        run.log_artifact(figures.latent_pca(means, ds.test.y.numpy(), folder / "latent_pca.png"))
-        if model.is_variational:
-            run.log_artifact(figures.traversals(model, x[:1], folder / "traversals.png"))
-            kl = metrics.kl_per_dim(model, x) if kl is None else kl
-            run.log_artifact(figures.kl_per_dim(kl, folder / "kl_per_dim.png"))
-    model.cpu().eval()  # exported on the CPU, with a CPU example, wherever it was trained
-    fmt = "pt2" if standalone else "pickle"
-    uri = run.log_model(model, experiment_id, name, params or {}, step, input_example=x[:2].cpu().numpy(),
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"], serialization_format=fmt)
-    run.set_tags({MODEL_URI: uri, MODEL_FORMAT: fmt})
-    return uri
+        run.log_artifact(figures.latent_pca(job.means, job.labels, folder / "latent_pca.png"))
+        if job.kl is not None:
+            run.log_artifact(figures.kl_per_dim(job.kl, folder / "kl_per_dim.png"))
+    model = models.build(**job.model)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in job.weights.items()})
+    model.eval()
+    # validate_serving_input=False: MLflow would load the model back and run it on the input
+    # example, a third of the cost; the tests load and run every trial's model instead.
+    uri = run.log_model(model, job.experiment_id, job.name, job.params, job.step,
+                        input_example=job.example, serialization_format="pt2", validate_serving_input=False,
+                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+    run.set_tags({MODEL_URI: uri, MODEL_FORMAT: "pt2"})
+    return time.process_time() - start
+
+
+def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str, name: str = "model",
+             params: dict[str, Any] | None = None, *, step: int = 0, kl: np.ndarray | None = None) -> None:
+    """The costly set (see `full_set`), written here and now."""
+    write_full(full_set(model, ds, run, experiment_id, name, params, step=step, kl=kl))
 
 
 def has_full(run: TrialRun, standalone: bool = False) -> bool:
@@ -89,3 +136,64 @@ def load_weights(run: TrialRun, model: models.VAEModel) -> models.VAEModel:
         path = run.download(WEIGHTS, tmp)
         model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+# --- the writer process --------------------------------------------------------------------
+
+
+def _writer_started() -> None:
+    """In the writer process: Ctrl-C is the worker's to handle (the writer finishes what it
+    was given), one torch thread (it runs beside training), MLflow's chatter off."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    from vaebench.tracking import quiet
+
+    quiet()
+
+
+_pool: ProcessPoolExecutor | None = None
+
+
+def _submit(job: FullSet) -> Future[float]:
+    """To the one writer process of this Python process, started at its first job and shared
+    by the studies it runs (its start, importing torch and MLflow, takes seconds); a new one
+    if it died. Spawned, not forked: torch's thread pools do not survive a fork."""
+    global _pool
+    for _ in range(2):
+        if _pool is None:
+            _pool = ProcessPoolExecutor(1, multiprocessing.get_context("spawn"), initializer=_writer_started)
+        try:
+            return _pool.submit(write_full, job)
+        except BrokenProcessPool:
+            _pool = None
+    raise BrokenProcessPool("the writer process cannot start")
+
+
+class Writer:
+    """Trials' costly sets, written in order by the writer process while the next trial
+    trains. A process, not a thread: torch.export sets torch's process-wide "compiling" flag,
+    under which a training thread's Adam step fails. `wait` returns once all are written."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, Future[float]]] = []
+        self.cpu_s = 0.0  # the writer's CPU seconds for the jobs waited for
+
+    def submit(self, job: FullSet) -> None:
+        self.jobs.append((job.name, _submit(job)))
+
+    def wait(self) -> list[str]:
+        """Waits for every job submitted; returns the failures, one line each (`name: error`).
+        Interrupted (a second Ctrl-C), the jobs not started are dropped."""
+        jobs, self.jobs = self.jobs, []
+        failures = []
+        try:
+            for name, job in jobs:
+                try:
+                    self.cpu_s += job.result()
+                except Exception as exc:  # noqa: BLE001 - reported, the trial's numbers are safe
+                    failures.append(f"{name}: charts and model not written: {type(exc).__name__}: {exc}")
+        except KeyboardInterrupt:
+            for _, job in jobs:
+                job.cancel()
+            raise
+        return failures

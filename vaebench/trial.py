@@ -105,12 +105,12 @@ def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
     ckpt: checkpoint.TrialCheckpoint | None = None, ckpt_options: checkpoint.Options | None = None,
-    resume: dict[str, Any] | None = None, model_name: str = "model",
+    resume: dict[str, Any] | None = None, model_name: str = "model", writer: artifacts.Writer | None = None,
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores (at step 0) and the
     per-trial artifacts to `run` (and `board`); the full set too when given the experiment to
-    put it in, its MLflow model named `model_name` (`pt2`). Written in line: torch.export on
-    another thread would flip torch's global "compiling" flag under the next trial's Adam.
+    put it in, its MLflow model named `model_name` (`pt2`), handed to `writer` (the caller
+    waits for it) or written here.
     With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
     written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
@@ -150,6 +150,9 @@ def train_and_evaluate(
         board.log_epoch(cfg.train.epochs, final)
     kl = artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
-        full = dict(name=model_name, params=cfg.flat(), step=cfg.train.epochs, kl=kl)
-        artifacts.log_full(model, ds, run, full_artifacts_in, **full)
+        job = artifacts.full_set(model, ds, run, full_artifacts_in, model_name, cfg.flat(), step=cfg.train.epochs, kl=kl)
+        if writer is None:
+            artifacts.write_full(job)
+        else:
+            writer.submit(job)
     return history.last | final

@@ -1,0 +1,82 @@
+"""A trial's costly set (charts and pt2 model) written by the writer process, as in line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from vaebench import artifacts, data, models, train
+from vaebench.tracking import MODEL_URI, StudyTracker, TrialRun, resolve_tracking_uri
+
+
+@pytest.fixture
+def trained() -> tuple[models.VAEModel, data.Dataset]:
+    ds = data.load("digits", seed=0)
+    torch.manual_seed(0)
+    model = models.build(arch="mlp", objective="vae", latent_dim=3, likelihood="bernoulli",
+                         input_shape=ds.input_shape, hidden=(32,))
+    train.fit(model, ds, epochs=1, batch_size=128, lr=3e-3, seed=0)
+    return model.eval(), ds
+
+
+def new_run(tmp_path: Path) -> tuple[StudyTracker, TrialRun]:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resolve_tracking_uri(uri)
+    tracker = StudyTracker.open(uri, "writer")
+    return tracker, tracker.start_trial(tracker.create_parent({}, {}), 0, "t000", {})
+
+
+def fit_digits(seed: int) -> list[float]:
+    ds = data.load("digits", seed=0)
+    torch.manual_seed(seed)
+    model = models.build(arch="mlp", objective="vae", latent_dim=3, likelihood="bernoulli",
+                         input_shape=ds.input_shape, hidden=(32,))
+    history = train.fit(model, ds, epochs=2, batch_size=64, lr=3e-3, seed=seed)
+    return [e["train_loss"] for e in history.epochs] + [p.sum().item() for p in model.parameters()]
+
+
+@pytest.mark.slow  # starts the writer process (imports torch and MLflow)
+def test_the_writer_process_writes_charts_and_a_pt2_model_that_reproduces_the_trained_one(trained, tmp_path) -> None:
+    model, ds = trained
+    tracker, run = new_run(tmp_path)
+    job = artifacts.full_set(model, ds, run, tracker.experiment_id, "t000-beta1", {"model.beta": 1.0}, step=1)
+    writer = artifacts.Writer()
+    writer.submit(job)
+    reference = fit_digits(seed=3)  # trains while the writer exports
+    assert writer.wait() == []
+    assert writer.cpu_s > 0
+    assert fit_digits(seed=3) == reference  # torch.export elsewhere leaves this process's training alone
+    names = {a.path for a in run.client.list_artifacts(run.run_id)}
+    assert {"latent_pca.png", "kl_per_dim.png"} <= names
+    uri = run.tags()[MODEL_URI]
+    logged = run.client.get_logged_model(uri.removeprefix("models:/"))
+    assert logged.name == "t000-beta1" and logged.params == {"model.beta": "1.0"}
+    loaded = mlflow.pytorch.load_model(uri)
+    x = ds.test.x[:5]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_is_one_line_for_the_worker_and_the_writer_goes_on(trained, tmp_path) -> None:
+    model, ds = trained
+    tracker, run = new_run(tmp_path)
+    good = artifacts.full_set(model, ds, run, tracker.experiment_id, "good")
+    bad = artifacts.FullSet(**(vars(good) | {"run_id": "0" * 32, "name": "lost"}))
+    writer = artifacts.Writer()
+    writer.submit(bad)
+    writer.submit(good)
+    failures = writer.wait()
+    assert len(failures) == 1 and failures[0].startswith("lost: charts and model not written: ")
+    assert "\n" not in failures[0]
+    assert MODEL_URI in run.tags()
+
+
+def test_the_costly_set_written_in_line_is_the_same_set(trained, tmp_path) -> None:
+    model, ds = trained
+    tracker, run = new_run(tmp_path)
+    artifacts.log_full(model, ds, run, tracker.experiment_id, "inline")
+    assert {"latent_pca.png", "kl_per_dim.png"} <= {a.path for a in run.client.list_artifacts(run.run_id)}
+    assert artifacts.has_full(run, standalone=True)
