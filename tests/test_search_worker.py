@@ -113,6 +113,23 @@ def test_a_trial_that_fails_before_its_run_points_to_optuna_for_its_reason(
 # -- Ctrl-C and stores that fail, in this process ---------------------------------------
 
 
+def test_ctrl_c_before_any_trial_ends_says_the_command_resumes(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seeded(folder, mlflow_template)
+    real_fit = one_trial.train_and_evaluate
+
+    def fit(cfg: Any, *args: Any, **kwargs: Any) -> dict[str, float]:
+        signal.raise_signal(signal.SIGINT)  # stop after the first epoch
+        return real_fit(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(one_trial, "train_and_evaluate", fit)
+    code, _, err = run_cli(folder, write_study(folder, "early", {"seed": [0]}, epochs=3))
+    assert code == 130, err
+    assert "vaebench: no trial finished: stopped before any trial ended; the same command resumes" in err
+    assert [t.state.name for t in load(folder, "early").trials] == ["FAIL", "WAITING"]
+
+
 def test_a_second_ctrl_c_while_the_runs_are_closed_still_closes_them(
     folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
 ) -> None:

@@ -163,7 +163,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"MLflow runs: experiment '{spec.name}', parent run {result.parent_run_id} in {stores.redact(tracking_uri)}")
         print(f"compare in MLflow: `vaebench ui` in this folder, then {mlflow_view.study_link(result.experiment_id)}")
         if result.finished == 0:
-            what = failure_summary(result.failures) if result.failures else "no trial ran"
+            what = (failure_summary(result.failures) if result.failures
+                    else "stopped before any trial ended; the same command resumes" if result.interrupted
+                    else "no trial ran")
             print(f"vaebench: no trial finished: {what}", file=sys.stderr)
             return 130 if result.interrupted else 1
         if result.failures:
