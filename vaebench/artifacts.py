@@ -12,6 +12,7 @@ rebuilt from its weights at the end. benchmarks/README.md gives what each part c
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import tempfile
 import time
@@ -143,8 +144,11 @@ def load_weights(run: TrialRun, model: models.VAEModel) -> models.VAEModel:
 
 def _writer_started() -> None:
     """In the writer process: Ctrl-C is the worker's to handle (the writer finishes what it
-    was given), one torch thread (it runs beside training), MLflow's chatter off."""
+    was given); one torch thread at a lower priority, so that it takes what training leaves
+    of the cores; MLflow's chatter off."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "nice"):  # not on Windows
+        os.nice(10)
     torch.set_num_threads(1)
     from vaebench.tracking import quiet
 
