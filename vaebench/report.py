@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
-from scipy import stats
 
-from vaebench import atomic, literature, manifest, significance
+from vaebench import atomic, literature, manifest, significance, stages
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
+from vaebench.stats import ci95, fmt_ci
 from vaebench.stores import redact, short_reason
 
 TRIAL_ID_COLUMNS = ["rank", "trial", "run_name", "run_id", "state"]
@@ -141,14 +141,6 @@ def per_trial(record: StudyRecord) -> pd.DataFrame:
     return done[TRIAL_ID_COLUMNS + params + [record.objective] + metrics].reset_index(drop=True)
 
 
-def ci95(std: np.ndarray | float, n: np.ndarray | float) -> np.ndarray:
-    """Half-width of the two-sided 95% Student-t interval of a mean; NaN where n < 2."""
-    std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
-    return np.where(n >= 2, half, np.nan)
-
-
 def aggregate(trials: pd.DataFrame, config_columns: list[str], metrics: list[str]) -> pd.DataFrame:
     """Per configuration: each metric's mean, std (ddof=1), 95% CI half-width and n (non-missing)."""
     groups = trials.groupby(config_columns, dropna=False, sort=False) if config_columns else [((), trials)]
@@ -232,16 +224,6 @@ def write_csv(df: pd.DataFrame, out: Path) -> Path:
 
 
 # --- report.md ---------------------------------------------------------------------------
-
-def fmt_ci(mean: float, ci: float) -> str:
-    """`-134.06 ± 1.23` (± omitted when there is a single seed); empty when missing."""
-    if mean is None or not math.isfinite(mean):
-        return ""
-    digits = 2 if abs(mean) >= 1 else 4
-    if ci is None or not math.isfinite(ci):
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
-
 
 def markdown_table(board: pd.DataFrame, metrics: list[str], objective: str | None = None) -> str:
     """The leaderboard as a GitHub Markdown table: mean ± 95% CI half-width per metric, and
@@ -437,6 +419,23 @@ def literature_lines(record: StudyRecord, board: pd.DataFrame, folder: Path) -> 
     return literature.markdown(table, spec, "; ".join([*map(str, devices), *map(str, hosts)]) or "unknown")
 
 
+def stage_lines(record: StudyRecord, folder: Path) -> list[str]:
+    """The schedule-stage curve (`stages`), when the trials logged one; stages.csv too."""
+    done = record.finished
+    if stages.METRIC not in done or done[stages.METRIC].isna().all():
+        return []
+    client = MlflowClient(record.tracking_uri)
+    points = pd.DataFrame([
+        {"config": config_label(trial, record.swept), "seed": trial.get("param.seed"), "trial": trial["trial"],
+         "epoch": point.step, stages.METRIC: point.value}
+        for _, trial in done.iterrows() for point in client.get_metric_history(trial["run_id"], stages.METRIC)
+    ]).sort_values(["config", "epoch", "trial"])
+    write_csv(points, folder / "stages.csv")
+    first = done.iloc[0]
+    return stages.markdown(stages.curve(points), first.get("param.eval.iwae_k", "?"),
+                           first.get("param.eval.stage_points", "?"))
+
+
 def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     """Write leaderboard.csv, trials.csv, report.md, figures/ and the study's manifest.json
     into `folder` (which must be new)."""
@@ -470,6 +469,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         "",
         *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
         *literature_lines(record, board, folder),
+        *stage_lines(record, folder),
         *significance.budget_lines(board, record.finished, record.objective, record.direction,
                                    params.get("search.sampler"), "seed" in record.space, folder),
         "## Figures",

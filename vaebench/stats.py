@@ -21,6 +21,24 @@ MAX_SEEDS = 1_000_000  # the power search gives up beyond this (a gap of ~0.003 
 COMPARISON_COLUMNS = ["config", "n", "diff", "ci_low", "ci_high", "p", "p_holm", "tied_with_best", "comparison"]
 
 
+def ci95(std: np.ndarray | float, n: np.ndarray | float) -> np.ndarray:
+    """Half-width of the two-sided 95% Student-t interval of a mean; NaN where n < 2."""
+    std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = stats.t.ppf(0.975, n - 1) * std / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
+def fmt_ci(mean: float, ci: float) -> str:
+    """`-134.06 ± 1.23` (± omitted when there is a single seed); empty when missing."""
+    if mean is None or not math.isfinite(mean):
+        return ""
+    digits = 2 if abs(mean) >= 1 else 4
+    if ci is None or not math.isfinite(ci):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {ci:.{digits}f}"
+
+
 def holm(p: np.ndarray | list[float]) -> np.ndarray:
     """Holm's step-down adjusted p-values (family-wise error control); NaN stays NaN and
     is not counted in the family. Reject at level a where the adjusted p is below a."""
