@@ -50,3 +50,19 @@ def test_a_name_that_leads_outside_is_refused_before_anything_is_written(tmp_pat
     with pytest.raises(InputError, match="not a usable name for a folder"):
         atomic.write_folder(tmp_path / "results", name, lambda f: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_folder_and_its_files_get_the_permissions_a_plain_mkdir_and_open_would(tmp_path) -> None:
+    import stat
+
+    import pandas as pd
+
+    from vaebench import report
+
+    old = os.umask(0o022)
+    try:
+        folder = atomic.write_folder(tmp_path, "r", lambda f: report.write_csv(pd.DataFrame({"a": [1]}), f / "x.csv"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    assert stat.S_IMODE((folder / "x.csv").stat().st_mode) == 0o644  # not mkstemp's 0600

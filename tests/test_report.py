@@ -171,3 +171,11 @@ def test_a_study_whose_choices_set_objective_and_hyperparameters_together(tmp_pa
     assert (folder / "figures" / "rate_distortion.png").is_file()  # coloured by configuration
     assert "model.c_max" not in (folder / "report.md").read_text().split("fixed settings")[1].split("\n")[0]
     assert (folder / "figures" / "optuna" / "optimization_history.png").is_file()
+
+
+def test_the_reproduce_commands_name_a_shipped_study_and_ask_for_the_data_folder_it_needs() -> None:
+    lines = report.reproduce_lines("burda_mnist_cpu", "/elsewhere/studies/burda_mnist_cpu.yaml", False, needs_data=True)
+    assert "python -m vaebench run --study burda_mnist_cpu --data-dir DIR" in lines
+    lines = report.reproduce_lines("mine", "/home/me/mine.yaml", True)
+    assert "python -m vaebench run --study /home/me/mine.yaml" in lines
+    assert any(line.startswith("python -m vaebench replay results/mine ") for line in lines)

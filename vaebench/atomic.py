@@ -50,6 +50,14 @@ def remove_stale(parent: Path, name: str) -> list[Path]:
     return removed
 
 
+def default_mode(path: str | Path) -> None:
+    """The permissions a plain open() or mkdir() would give (0666 / 0777 less the umask):
+    mkstemp's 0600 and mkdtemp's 0700 would hide results and checkpoints from the group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
 def write_folder(parent: Path, name: str, build: Callable[[Path], object]) -> Path:
     """`parent/name` (kept inside `parent`: see validate.safe_child) replaced by what `build`
     writes into the empty folder it is given; on an error the old folder stays as it was, and
@@ -59,6 +67,7 @@ def write_folder(parent: Path, name: str, build: Callable[[Path], object]) -> Pa
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale(parent, name)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}.{os.getpid()}."))
+    default_mode(tmp)
     try:
         build(tmp)
         if target.exists():

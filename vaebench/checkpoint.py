@@ -26,6 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from vaebench import atomic
 from vaebench.errors import InputError
 
 FORMAT = "vaebench-checkpoint"
@@ -87,9 +88,7 @@ def save(path: Path, state: dict[str, Any], trial_identity: str, info: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide it from workers run by other users
+    atomic.default_mode(tmp)  # workers run by other users of the group read it too
     try:
         save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb+") as f:

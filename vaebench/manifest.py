@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from vaebench import __version__
+from vaebench import __version__, atomic
 from vaebench.errors import InputError
 from vaebench.stores import short_reason
 
@@ -115,6 +115,7 @@ def write(manifest: Mapping[str, Any], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / FILENAME
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{FILENAME}.", suffix=".tmp")
+    atomic.default_mode(tmp)
     with os.fdopen(fd, "w") as fh:
         json.dump(manifest, fh, indent=2, sort_keys=False, default=str)
         fh.write("\n")

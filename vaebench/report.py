@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from vaebench import atomic, literature, manifest, significance, stages
+from vaebench import atomic, data, literature, manifest, significance, stages
 from vaebench import tracking as tk
 from vaebench.config import choice_label
 from vaebench.errors import InputError
@@ -33,6 +33,7 @@ HEADLINE = ["test_elbo", "test_recon", "test_kl", "test_nmi", "test_probe_acc", 
 # in report.md's table too when a study measures them (IWAE likelihood, disentanglement)
 OPTIONAL = ["test_iwae_ll", "test_active_units", "test_mig", "test_dci_disentanglement"]
 STATS = ("mean", "std", "ci95", "n")
+SHIPPED_STUDIES = Path(__file__).parent / "studies"
 BEST_RUN_PICTURES = ("reconstructions.png", "samples.png", "latent_pca.png", "traversals.png", "kl_per_dim.png")
 
 
@@ -217,6 +218,7 @@ def write_csv(df: pd.DataFrame, out: Path) -> Path:
     """Atomic: a reader (or a crash) never sees a half-written file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    atomic.default_mode(tmp)
     with os.fdopen(fd, "w", newline="") as fh:
         df.to_csv(fh, index=False)
     os.replace(tmp, out)
@@ -391,11 +393,15 @@ def copy_manifest(record: StudyRecord, folder: Path) -> bool:
     return True
 
 
-def reproduce_lines(study: str, study_file: str, has_manifest: bool) -> list[str]:
-    """The `## Reproduce` section: the commands, and how to check the numbers."""
-    replay = ([f"python -m vaebench replay results/{study}   # reruns the best trial, compares its numbers"]
+def reproduce_lines(study: str, study_file: str, has_manifest: bool, needs_data: bool = False) -> list[str]:
+    """The `## Reproduce` section: the commands, and how to check the numbers. A study file
+    named like a shipped study is given by name (the recorded path is the machine's it ran on);
+    a dataset read from a data folder needs `--data-dir`."""
+    shipped = Path(study_file).name == f"{study}.yaml" and (SHIPPED_STUDIES / f"{study}.yaml").is_file()
+    data_dir = " --data-dir DIR" if needs_data else ""
+    replay = ([f"python -m vaebench replay results/{study}{data_dir}   # reruns the best trial, compares its numbers"]
               if has_manifest else [])
-    lines = ["## Reproduce", "", "```", f"python -m vaebench run --study {study_file}",
+    lines = ["## Reproduce", "", "```", f"python -m vaebench run --study {study if shipped else study_file}{data_dir}",
              f"python -m vaebench report --study {study}", *replay, "```", ""]
     if has_manifest:
         return lines + ["[manifest.json](manifest.json) records the resolved study, the command, the versions, "
@@ -481,7 +487,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
         html = sorted((folder / "figures" / "optuna").glob("*.html"))
         lines += ["Interactive versions (plotly, loads plotly.js from its CDN): " + ", ".join(f"[{p.stem}]({p.relative_to(folder).as_posix()})" for p in html), ""]
     lines += ["## Environment", "", *_versions(record), f"- report built on: {platform.platform()}", "",
-              *reproduce_lines(record.study, study_file, has_manifest)]
+              *reproduce_lines(record.study, study_file, has_manifest,
+                               bool(set(trials.get("param.dataset.name", [])) & set(data.FILES)))]
     (folder / "report.md").write_text("\n".join(lines))
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
