@@ -18,13 +18,13 @@
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
    grids, weights, description) in each way of tracking, against the same training and
-   evaluation with no tracking: the default (every trial's charts and pt2 model, written by
+   evaluation with no tracking: the default (every trial's charts and light model, written by
    the writer process while the next trial trains), the same written in line,
    `--artifacts best`, and the default with `--system-metrics`. Each variant runs
    `--sequence` trials in a row; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, on the wall clock and on the
    process's CPU time (all threads) plus the writer process's for the trials' jobs, with the best
-   trial's charts and standalone model (made once per study) spread over the study's
+   trial's standalone `pt2` model (made once per study) spread over the study's
    trials. The time inside the tracking calls on the trial's critical path is also given.
 
 Prints tables, writes results/benchmarks/overhead.json.
@@ -185,10 +185,11 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
                 if name == "all (default)":
                     in_calls.append({k: v / trials for k, v in spent.items()})
                     writer_cpu.append(in_writer)
-        best = []  # the best trial's charts and standalone model, made once per study at its end
+        best = []  # the best trial's standalone model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
-            best.append(timed(lambda: artifacts.log_full(trial.build_model(cfg, ds), ds, run, tracker.experiment_id)))
+            best.append(timed(lambda: artifacts.log_full(trial.build_model(cfg, ds), ds, run, tracker.experiment_id,
+                                                         standalone=True, charts=False)))
     per_study = median(best) / spec.search.total_trials
     u, uc = median(seconds["untracked"]), median(cpu["untracked"])
     rows = [{"variant": v, "wall_s": median(seconds[v]), "cpu_s": median(cpu[v]),

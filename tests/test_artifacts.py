@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
+import mlflow.pyfunc
+import mlflow.pytorch
+import numpy as np
 import pytest
 import torch
 
 from vaebench import artifacts, data, models, train
-from vaebench.tracking import MODEL_URI, StudyTracker, TrialRun, resolve_tracking_uri
+from vaebench.tracking import MODEL_FORMAT, MODEL_URI, StudyTracker, TrialRun, resolve_tracking_uri
 
 
 @pytest.fixture
@@ -38,22 +40,39 @@ def fit_digits(seed: int) -> list[float]:
 
 
 @pytest.mark.slow  # starts the writer process (imports torch and MLflow)
-def test_the_writer_process_writes_charts_and_a_pt2_model_that_reproduces_the_trained_one(trained, tmp_path) -> None:
+def test_the_writer_process_writes_charts_and_a_light_model_that_reproduces_the_trained_one(trained, tmp_path) -> None:
     model, ds = trained
     tracker, run = new_run(tmp_path)
     job = artifacts.full_set(model, ds, run, tracker.experiment_id, "t000-beta1", {"model.beta": 1.0}, step=1)
     writer = artifacts.Writer()
     writer.submit(job)
-    reference = fit_digits(seed=3)  # trains while the writer exports
+    reference = fit_digits(seed=3)  # trains while the writer works
     assert writer.wait() == []
     assert writer.cpu_s > 0
-    assert fit_digits(seed=3) == reference  # torch.export elsewhere leaves this process's training alone
+    assert fit_digits(seed=3) == reference  # what the writer does leaves this process's training alone
     names = {a.path for a in run.client.list_artifacts(run.run_id)}
     assert {"latent_pca.png", "kl_per_dim.png"} <= names
-    uri = run.tags()[MODEL_URI]
-    logged = run.client.get_logged_model(uri.removeprefix("models:/"))
+    tags = run.tags()
+    assert tags[MODEL_FORMAT] == "vaebench" and not artifacts.has_full(run, standalone=True)
+    logged = run.client.get_logged_model(tags[MODEL_URI].removeprefix("models:/"))
     assert logged.name == "t000-beta1" and logged.params == {"model.beta": "1.0"}
-    loaded = mlflow.pytorch.load_model(uri)
+    loaded = mlflow.pyfunc.load_model(tags[MODEL_URI])
+    x = ds.test.x[:5]
+    with torch.no_grad():
+        assert np.array_equal(loaded.predict(x.numpy()), model(x).numpy())
+
+
+def test_the_standalone_model_replaces_the_light_one_and_loads_without_vaebench_code(trained, tmp_path) -> None:
+    model, ds = trained
+    tracker, run = new_run(tmp_path)
+    artifacts.log_full(model, ds, run, tracker.experiment_id, "t000")
+    light = run.tags()[MODEL_URI]
+    artifacts.log_full(model, ds, run, tracker.experiment_id, "t000", standalone=True, charts=False)
+    tags = run.tags()
+    assert tags[MODEL_FORMAT] == "pt2" and tags[MODEL_URI] != light and artifacts.has_full(run, standalone=True)
+    models_left = run.client.search_logged_models(experiment_ids=[tracker.experiment_id])
+    assert [m.model_id for m in models_left] == [tags[MODEL_URI].removeprefix("models:/")]  # one per trial
+    loaded = mlflow.pytorch.load_model(tags[MODEL_URI])  # a torch.export program: no vaebench class in it
     x = ds.test.x[:5]
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -72,11 +91,3 @@ def test_a_job_that_fails_is_one_line_for_the_worker_and_the_writer_goes_on(trai
     assert len(failures) == 1 and failures[0].startswith("lost: charts and model not written: ")
     assert "\n" not in failures[0]
     assert MODEL_URI in run.tags()
-
-
-def test_the_costly_set_written_in_line_is_the_same_set(trained, tmp_path) -> None:
-    model, ds = trained
-    tracker, run = new_run(tmp_path)
-    artifacts.log_full(model, ds, run, tracker.experiment_id, "inline")
-    assert {"latent_pca.png", "kl_per_dim.png"} <= {a.path for a in run.client.list_artifacts(run.run_id)}
-    assert artifacts.has_full(run, standalone=True)

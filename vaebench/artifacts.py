@@ -2,35 +2,45 @@
 
 Every trial gets the cheap part, written in line: image grids (reconstructions, prior samples,
 latent traversals), the KL of each latent dimension as a CSV, and its weights
-(`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly part
-(matplotlib charts of the latent PCA and of the KL per dimension, and the MLflow model in the
-standalone `pt2` format: torch.export, no pickle ever written or loaded) goes to every trial
-by default too. A search hands it to a `Writer`, a process of its own, while the next trial
-trains. With `vaebench run --artifacts best` only the best trial gets the costly part,
-rebuilt from its weights at the end. benchmarks/README.md gives what each part costs.
+(`weights/state_dict.pt`, enough to rebuild the model from the run's params). The costly part,
+matplotlib charts of the latent PCA and of the KL per dimension and an MLflow model, goes to
+every trial by default too; a search hands it to a `Writer`, a process of its own, while the
+next trial trains. A trial's model is the light one (vaebench.mlflow_model: its weights,
+loaded by vaebench); the study's best trial gets the standalone `pt2` model (torch.export,
+loads without vaebench) at the end, which replaces its light one. No pickle is ever written
+or loaded. With `vaebench run --artifacts best` only the best trial gets the costly part,
+rebuilt from its weights. benchmarks/README.md gives what each part costs.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
 import tempfile
 import time
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow import MlflowClient
+from mlflow.models import infer_signature
+from safetensors.torch import save_file
 
-from vaebench import data, figures, metrics, models
+from vaebench import __version__, data, figures, metrics, models
 from vaebench.board import TensorBoardRun
 from vaebench.tracking import MODEL_FORMAT, MODEL_URI, TrialRun, resolve_tracking_uri
 
 WEIGHTS = "weights/state_dict.pt"
+LIGHT_MODEL = Path(__file__).with_name("mlflow_model.py")  # MLflow runs it to load a light model (not imported here:
+LIGHT_ARTIFACTS = ("weights", "config")  # it registers itself with MLflow); the names it reads its files by
 
 
 def log_trial(
@@ -76,11 +86,14 @@ class FullSet:
     means: np.ndarray  # test posterior means, for the PCA chart
     labels: np.ndarray
     kl: np.ndarray | None  # KL per dimension (None: a deterministic model)
+    standalone: bool = False  # the `pt2` model (replacing a light one the run has), else the light model
+    charts: bool = True  # False: the run has them already
 
 
 def full_set(
     model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str, name: str = "model",
     params: dict[str, Any] | None = None, *, step: int = 0, kl: np.ndarray | None = None,
+    standalone: bool = False, charts: bool = True,
 ) -> FullSet:
     """The costly set of `model`'s trial (its run `run`), a logged model of the study's
     experiment (not the process's active one) named `name`, with `params`, output at `step`.
@@ -93,36 +106,57 @@ def full_set(
         params={k: str(v) for k, v in (params or {}).items()}, step=step, model=model.config,
         weights={k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()},
         example=x[:2].cpu().numpy().copy(), means=metrics.posterior_means(model, x), labels=ds.test.y.numpy(), kl=kl,
+        standalone=standalone, charts=charts,
     )
 
 
 def write_full(job: FullSet) -> float:
-    """Writes `job`: the PCA and KL charts and the `pt2` model, then the run's MODEL_URI tag.
+    """Writes `job`: the PCA and KL charts and the model, then the run's MODEL_URI tag.
     Returns the CPU seconds it took (this process's)."""
     start = time.process_time()
-    resolve_tracking_uri(job.tracking_uri)  # mlflow.pytorch.log_model writes to the global store
+    resolve_tracking_uri(job.tracking_uri)  # MLflow's model logging writes to the global store
     run = TrialRun(MlflowClient(job.tracking_uri), job.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        run.log_artifact(figures.latent_pca(job.means, job.labels, folder / "latent_pca.png"))
-        if job.kl is not None:
-            run.log_artifact(figures.kl_per_dim(job.kl, folder / "kl_per_dim.png"))
+    replaced = run.tags().get(MODEL_URI) if job.standalone else None
     model = models.build(**job.model)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in job.weights.items()})
     model.eval()
-    # validate_serving_input=False: MLflow would load the model back and run it on the input
-    # example, a third of the cost; the tests load and run every trial's model instead.
-    uri = run.log_model(model, job.experiment_id, job.name, job.params, job.step,
-                        input_example=job.example, serialization_format="pt2", validate_serving_input=False,
-                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-    run.set_tags({MODEL_URI: uri, MODEL_FORMAT: "pt2"})
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if job.charts:
+            run.log_artifact(figures.latent_pca(job.means, job.labels, folder / "latent_pca.png"))
+            if job.kl is not None:
+                run.log_artifact(figures.kl_per_dim(job.kl, folder / "kl_per_dim.png"))
+        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
+        if job.standalone:
+            # validate_serving_input=False: MLflow would load the model back and run it on the
+            # input example, a third of the cost; the tests load and run the models instead.
+            uri = run.log_model(mlflow.pytorch, job.experiment_id, job.name, job.params, job.step,
+                                pytorch_model=model, input_example=job.example, serialization_format="pt2",
+                                validate_serving_input=False, pip_requirements=requirements)
+        else:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, folder / "weights.safetensors")
+            (folder / "config.json").write_text(json.dumps(job.model))
+            with torch.no_grad():
+                signature = infer_signature(job.example, model(torch.from_numpy(job.example)).numpy())
+            with warnings.catch_warnings():  # the signature is given: an example would only be run
+                warnings.filterwarnings("ignore", message=".*input example was not provided")
+                uri = run.log_model(mlflow.pyfunc, job.experiment_id, job.name, job.params, job.step,
+                                    python_model=str(LIGHT_MODEL), signature=signature,
+                                    artifacts=dict(zip(LIGHT_ARTIFACTS, [str(folder / "weights.safetensors"),
+                                                                          str(folder / "config.json")])),
+                                    pip_requirements=[f"vaebench=={__version__}", *requirements])
+    run.set_tags({MODEL_URI: uri, MODEL_FORMAT: "pt2" if job.standalone else "vaebench"})
+    if replaced and replaced != uri:
+        run.delete_model(replaced)  # one model per trial: the standalone one replaces the light one
     return time.process_time() - start
 
 
 def log_full(model: models.VAEModel, ds: data.Dataset, run: TrialRun, experiment_id: str, name: str = "model",
-             params: dict[str, Any] | None = None, *, step: int = 0, kl: np.ndarray | None = None) -> None:
+             params: dict[str, Any] | None = None, *, step: int = 0, kl: np.ndarray | None = None,
+             standalone: bool = False, charts: bool = True) -> None:
     """The costly set (see `full_set`), written here and now."""
-    write_full(full_set(model, ds, run, experiment_id, name, params, step=step, kl=kl))
+    write_full(full_set(model, ds, run, experiment_id, name, params, step=step, kl=kl, standalone=standalone,
+                        charts=charts))
 
 
 def has_full(run: TrialRun, standalone: bool = False) -> bool:

@@ -38,7 +38,7 @@ SAMPLER = "vaebench.sampler"
 STUDY_FILE = "vaebench.study_file"
 LITERATURE = "vaebench.literature"  # on the parent: the study file's published numbers (JSON)
 MODEL_URI = "vaebench.model_uri"  # set once a trial's run has the full artifact set
-MODEL_FORMAT = "vaebench.model_format"  # that model's serialization: pt2 (standalone) or pickle
+MODEL_FORMAT = "vaebench.model_format"  # that model's form: pt2 (standalone) or vaebench (light; pickle before)
 # on every child run: where and with what it ran
 VERSION = "vaebench.version"
 TORCH_VERSION = "vaebench.torch_version"
@@ -196,20 +196,26 @@ class TrialRun:
         return self.client.download_artifacts(self.run_id, path, folder)
 
     def log_model(
-        self, model: Any, experiment_id: str, name: str, params: dict[str, Any], step: int, **kwargs: Any,
+        self, flavor: Any, experiment_id: str, name: str, params: dict[str, Any], step: int, **kwargs: Any,
     ) -> str:
-        """`model` (`mlflow.pytorch.log_model`, `kwargs` passed on) as a logged model of this
-        run, created in `experiment_id` (the study's, not the process's active experiment),
-        named `name` with `params`, output at `step` (whose metrics MLflow links to it); the
-        final scores (step 0) are linked too, with the run's dataset. Returns its URI."""
-        import mlflow.pytorch
+        """A model of the MLflow `flavor` module (`mlflow.pytorch`, `mlflow.pyfunc`; `kwargs` go
+        to its save_model) as a logged model of this run, created in `experiment_id` (the
+        study's, not the process's active experiment), named `name` with `params`, output at
+        `step` (whose metrics MLflow links to it); the final scores (step 0) are linked too,
+        with the run's dataset. Returns its URI. Through `Model.log`, which every flavor's
+        log_model calls, because it takes the run id (pyfunc's log_model would need the
+        process's active run instead)."""
+        from mlflow.models import Model
 
         logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
                                                  params={k: str(v) for k, v in params.items()})
-        info = mlflow.pytorch.log_model(model, name="model", model_id=logged.model_id, run_id=self.run_id,
-                                        step=step, **kwargs)
+        info = Model.log(artifact_path=None, name="model", flavor=flavor, model_id=logged.model_id, run_id=self.run_id, step=step, **kwargs)
         self.link_final(logged.model_id)
         return info.model_uri
+
+    def delete_model(self, model_uri: str) -> None:
+        """Deletes a logged model of this run (`models:/<id>`), replaced by another."""
+        self.client.delete_logged_model(model_uri.removeprefix("models:/"))
 
     def link_final(self, model_id: str) -> None:
         """Links the run's step-0 metrics (the final scores) to `model_id` and to the run's

@@ -172,9 +172,9 @@ class Worker:
         return None
 
     def finish_best(self) -> None:
-        """Give the best trial so far the full artifact set (charts, MLflow model in the
-        standalone `pt2` format), rebuilt from its logged weights, unless it has it. Every
-        worker does this as it ends, so the last one to end covers the study's final best."""
+        """Give the best trial so far its standalone `pt2` model (replacing its light one) and,
+        where it lacks them (`--artifacts best`), the charts, rebuilt from its logged weights.
+        Every worker does this as it ends, so the last one to end covers the study's final best."""
         try:
             best = self.study.best_trial
         except ValueError:  # no complete trial
@@ -187,7 +187,8 @@ class Worker:
         model = artifacts.load_weights(self.tracker.run(run_id), pipeline.build_model(cfg, ds))
         name = tracking_ui.logged_model_name(best.number, self.spec.search.values(best.params))
         artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id, name, cfg.flat(),
-                           step=cfg.train.epochs)
+                           step=cfg.train.epochs, standalone=True,
+                           charts=not artifacts.has_full(self.tracker.run(run_id)))
 
     # -- one trial ----------------------------------------------------------------------
 
