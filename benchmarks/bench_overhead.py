@@ -18,12 +18,11 @@
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
    grids, weights, description) in each way of tracking, against the same training and
-   evaluation with no tracking: the default (every trial's charts and light model, written by
-   the writer process while the next trial trains), the same written in line,
+   evaluation with no tracking: the default (every trial's charts and light MLflow model),
    `--artifacts best`, and the default with `--system-metrics`. Each variant runs
    `--sequence` trials in a row; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, on the wall clock and on the
-   process's CPU time (all threads) plus the writer process's for the trials' jobs, with the best
+   process's CPU time (all threads; the neighbours' load does not inflate it), with the best
    trial's standalone `pt2` model (made once per study) spread over the study's
    trials. The time inside the tracking calls on the trial's critical path is also given.
 
@@ -109,9 +108,7 @@ def tiny_trials(storage: str, warmup: int, trials: int) -> dict[str, float]:
 def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
     """Flagship trials untracked and tracked in each way, `trials` in a row per variant (the
     order rotated every round), wall and CPU seconds per trial, median over `repeats` rounds.
-    A tracked sequence ends by waiting for the writer process, so the charts and models
-    written behind the trials count in full, on the wall clock and (the writer's CPU time
-    for its jobs) on the CPU clock."""
+    The best trial's standalone model, made once per study, is spread over its trials."""
     spec, path = config.load_study(str(ROOT / "studies" / "beta_sweep.yaml"))
     cfg = spec.with_params({"model.beta": 1.0, "seed": 0})
     ds = trial.load_data(cfg)
@@ -132,59 +129,44 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         parent = tracker.create_parent(tags={}, params={})
         numbers = iter(range(10**6))
 
-        writer = artifacts.Writer()
-
-        def tracked(full: bool, system: bool = False, in_line: bool = False) -> None:
-            """One trial as the worker runs it (the costly set when `full`, on the writer
-            process unless `in_line`)."""
+        def tracked(full: bool, system: bool = False) -> None:
+            """One trial as the worker runs it (the costly set when `full`)."""
             number = next(numbers)
             run = tracker.start_trial(parent, number, f"t{number}", trial.environment() | tracking_ui.source_tags())
             run.log_params(cfg.flat())
             tracking_ui.log_dataset(run, ds, "vaebench.data:mnist5k")
             with tracking_ui.system_metrics(run) if system else contextlib.nullcontext():
                 final = trial.train_and_evaluate(cfg, ds, run, [], full_artifacts_in=tracker.experiment_id if full else None,
-                                                 model_name=f"t{number}", writer=None if in_line else writer)
+                                                 model_name=f"t{number}")
             tracking_ui.describe_run(run, tracking_ui.trial_summary(f"t{number}", "val_elbo", final))
             run.finish("COMPLETE")
 
         variants: dict[str, Callable[[], None]] = {
             "untracked": untracked,
             "all (default)": lambda: tracked(True),
-            "all, in line": lambda: tracked(True, in_line=True),
             "best": lambda: tracked(False),
             "all + system metrics": lambda: tracked(True, system=True),
         }
-        variants["all (default)"]()  # warm-up: imports, first MLflow writes, the writer process's start
-        start = time.perf_counter()
-        assert not writer.wait()
-        first_wait = time.perf_counter() - start  # the writer's start (imports) and first job
-        for name, fn in variants.items():
-            if name != "all (default)":
-                fn()
-        assert not writer.wait()
+        for fn in variants.values():  # warm-up: imports, first MLflow writes, first figures and models
+            fn()
         # Tracking calls on the trial's critical path, timed where they are made (they do not nest).
         calls = {"start_trial": (tracking.StudyTracker, "start_trial"), "log_params": (tracking.TrialRun, "log_params"),
                  "log_dataset": (tracking_ui, "log_dataset"), "log_metrics": (tracking.TrialRun, "log_metrics"),
-                 "artifacts": (artifacts, "log_trial"), "hand_over": (artifacts, "full_set"),
+                 "artifacts": (artifacts, "log_trial"),
                  "describe": (tracking_ui, "describe_run"), "finish": (tracking.TrialRun, "finish")}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
-        writer_cpu: list[float] = []
         in_calls: list[dict[str, float]] = []
         for rnd in range(repeats):
             for name in rotated(list(variants), rnd):
                 with clocked(calls if name == "all (default)" else {}) as spent:
-                    cpu_start, start, writer_start_cpu = time.process_time(), time.perf_counter(), writer.cpu_s
+                    cpu_start, start = time.process_time(), time.perf_counter()
                     for _ in range(trials):
                         variants[name]()
-                    failures = writer.wait()  # the sequence ends when its charts and models are written
-                    assert not failures, failures
                     seconds[name].append((time.perf_counter() - start) / trials)
-                    in_writer = (writer.cpu_s - writer_start_cpu) / trials
-                    cpu[name].append((time.process_time() - cpu_start) / trials + in_writer)
+                    cpu[name].append((time.process_time() - cpu_start) / trials)
                 if name == "all (default)":
                     in_calls.append({k: v / trials for k, v in spent.items()})
-                    writer_cpu.append(in_writer)
         best = []  # the best trial's standalone model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
@@ -200,7 +182,6 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
             "trials_per_sequence": trials, "in_tracking_calls_s": median(totals), "in_tracking_calls": in_calls,
             "in_each_call_s": {k: median([c.get(k, 0.0) for c in in_calls]) for k in calls},
             "tracking_calls_share": median(totals) / u, "best_artifacts_s": median(best),
-            "writer_cpu_per_trial_s": median(writer_cpu), "writer_first_wait_s": first_wait,
             "trials_per_study": spec.search.total_trials, "epochs": cfg.train.epochs}
 
 
@@ -233,9 +214,6 @@ def main() -> None:
         print_table(share["rows"], [("variant", "tracking", ""), ("wall_s", "wall s/trial", ".2f"),
                                     ("share_wall", "share (wall)", ".1%"), ("cpu_s", "CPU s/trial", ".2f"),
                                     ("share_cpu", "share (CPU)", ".1%")])
-        print(f"Writer process: {share['writer_first_wait_s']:.1f} s waited for its start and first job "
-              f"(once per process), "
-              f"{share['writer_cpu_per_trial_s']:.2f} CPU s per trial's charts and model")
         print(f"On the trial's critical path (default): {1000 * share['in_tracking_calls_s']:.0f} ms = "
               f"{100 * share['tracking_calls_share']:.1f}% of the untracked trial: "
               + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in share["in_each_call_s"].items()))

@@ -213,9 +213,12 @@ class TrialRun:
         self.link_final(logged.model_id)
         return info.model_uri
 
-    def delete_model(self, model_uri: str) -> None:
-        """Deletes a logged model of this run (`models:/<id>`), replaced by another."""
-        self.client.delete_logged_model(model_uri.removeprefix("models:/"))
+    def keep_only_model(self, experiment_id: str, model_uri: str) -> None:
+        """Deletes this run's other logged models: `model_uri` replaces them."""
+        for logged in self.client.search_logged_models(experiment_ids=[experiment_id],
+                                                       filter_string=f"source_run_id = '{self.run_id}'"):
+            if f"models:/{logged.model_id}" != model_uri:
+                self.client.delete_logged_model(logged.model_id)
 
     def link_final(self, model_id: str) -> None:
         """Links the run's step-0 metrics (the final scores) to `model_id` and to the run's

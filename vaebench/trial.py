@@ -105,12 +105,11 @@ def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
     ckpt: checkpoint.TrialCheckpoint | None = None, ckpt_options: checkpoint.Options | None = None,
-    resume: dict[str, Any] | None = None, model_name: str = "model", writer: artifacts.Writer | None = None,
+    resume: dict[str, Any] | None = None, model_name: str = "model",
 ) -> dict[str, float]:
     """fit + evaluate one config, logging each epoch, the final scores (at step 0) and the
     per-trial artifacts to `run` (and `board`); the full set too when given the experiment to
-    put it in, its MLflow model named `model_name` (`pt2`), handed to `writer` (the caller
-    waits for it) or written here.
+    put it in, its light MLflow model named `model_name`.
     With `ckpt`, training state is saved as `ckpt_options` say (the run's buffered metrics are
     written first, so MLflow holds every epoch the checkpoint holds); `resume` continues."""
     model = build_model(cfg, ds)
@@ -150,9 +149,5 @@ def train_and_evaluate(
         board.log_epoch(cfg.train.epochs, final)
     kl = artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
-        job = artifacts.full_set(model, ds, run, full_artifacts_in, model_name, cfg.flat(), step=cfg.train.epochs, kl=kl)
-        if writer is None:
-            artifacts.write_full(job)
-        else:
-            writer.submit(job)
+        artifacts.log_full(model, ds, run, full_artifacts_in, model_name, cfg.flat(), step=cfg.train.epochs, kl=kl)
     return history.last | final

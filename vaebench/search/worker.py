@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import threading
 import traceback
 from collections import Counter
@@ -90,7 +89,6 @@ class Worker:
         self.current: _Current | None = None
         self.requeued = False
         self.source_tags = tracking_ui.source_tags()
-        self.writer = artifacts.Writer()  # the trials' charts and models, written while the next trains
 
     def sweep(self) -> None:
         """Fail and queue again the trials of dead workers; end child runs left RUNNING."""
@@ -120,9 +118,6 @@ class Worker:
                     raise
                 interrupt.begin_closing()
                 raise closing.close_after_store_failure(self, cause) from exc
-            finally:
-                for failure in self.writer.wait():
-                    print(f"vaebench: warning: {failure}", file=sys.stderr)
             interrupt.begin_closing()
             trials = self.study.get_trials(deepcopy=False)
             done = sum(t.state in DONE for t in trials)
@@ -269,8 +264,7 @@ class Worker:
             full = self.tracker.experiment_id if self.artifacts_mode == "all" else None
             with tracking_ui.system_metrics(run) if self.system_metrics else contextlib.nullcontext():
                 final = pipeline.train_and_evaluate(cfg, ds, run, [report], board, full, ckpt, self.ckpt_options,
-                                                    resume, tracking_ui.logged_model_name(trial.number, params),
-                                                    self.writer)
+                                                    resume, tracking_ui.logged_model_name(trial.number, params))
         except optuna.TrialPruned as exc:
             run.finish("PRUNED", str(exc))
             self.drop_checkpoint(ckpt)
@@ -287,7 +281,7 @@ class Worker:
             if board:
                 board.close()
         tracking_ui.describe_run(run, tracking_ui.trial_summary(name, objective_key, final))
-        run.finish("COMPLETE")  # its charts and model may still be being written by `writer`
+        run.finish("COMPLETE")
         self.drop_checkpoint(ckpt)
         return final[objective_key]
 
