@@ -209,7 +209,8 @@ class TrialRun:
 
         logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
                                                  params={k: str(v) for k, v in params.items()})
-        info = Model.log(artifact_path=None, name="model", flavor=flavor, model_id=logged.model_id, run_id=self.run_id, step=step, **kwargs)
+        info = Model.log(artifact_path=None, name="model", flavor=flavor, model_id=logged.model_id, run_id=self.run_id,
+                         step=step, **kwargs)
         self.link_final(logged.model_id)
         return info.model_uri
 
