@@ -72,3 +72,15 @@ def test_a_light_model_written_after_the_standalone_one_does_not_replace_it(trai
     artifacts.log_full(model, ds, run, tracker.experiment_id, "t000")
     assert run.tags()[MODEL_URI] == standalone and run.tags()[MODEL_FORMAT] == "pt2"
     assert len(run.client.search_logged_models(experiment_ids=[tracker.experiment_id])) == 1
+
+
+def test_the_standalone_model_deletes_only_light_models(trained, tmp_path) -> None:
+    """Two workers ending together may both give the best trial its pt2 model: neither deletes
+    the other's, which may still be being logged."""
+    model, ds = trained
+    tracker, run = new_run(tmp_path)
+    artifacts.log_full(model, ds, run, tracker.experiment_id, "t000", standalone=True)
+    first = run.tags()[MODEL_URI]
+    artifacts.log_full(model, ds, run, tracker.experiment_id, "t000", standalone=True, charts=False)
+    left = {f"models:/{m.model_id}" for m in run.client.search_logged_models(experiment_ids=[tracker.experiment_id])}
+    assert left == {first, run.tags()[MODEL_URI]}

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from mlflow import MlflowClient
 
+import mlflow.pytorch
 import torch
 from mlflow.entities import Metric
 
@@ -182,8 +183,9 @@ def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_da
     run.log_final({"test_elbo": -30.5, "test_kl": float("nan")})
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(3, -40.0), (0, -30.5)]
     assert "test_kl" not in client.get_run(run.run_id).data.metrics  # not computed: left out, never NaN
-    run.log_model(torch.nn.Linear(2, 1), experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
-                  input_example=torch.zeros(1, 2).numpy(), pip_requirements=["torch"], serialization_format="pickle")
+    run.log_model(mlflow.pytorch, experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
+                  pytorch_model=torch.nn.Linear(2, 1), input_example=torch.zeros(1, 2).numpy(),
+                  pip_requirements=["torch"], serialization_format="pt2")
     (model,) = client.search_logged_models([experiment])
     assert (model.name, model.source_run_id, model.params) == ("t005-beta0p5-seed1", run.run_id, {"model.beta": "0.5", "seed": "1"})
     linked = sorted((m.key, m.value, m.step, m.dataset_name, m.dataset_digest) for m in model.metrics)

@@ -34,6 +34,7 @@ WEIGHTS = "weights/state_dict.pt"
 # itself with MLflow), which reads its files by these artifact names.
 LIGHT_MODEL = Path(__file__).with_name("mlflow_model.py")
 LIGHT_ARTIFACTS = ("weights", "config")
+LIGHT_TYPE = "vaebench-light"  # the logged model's type, so that the standalone one can replace it
 
 
 def log_trial(
@@ -84,7 +85,7 @@ def log_full(
         example, params = x[:2].cpu().numpy(), {k: str(v) for k, v in (params or {}).items()}
         if standalone:
             uri = _log_standalone(run, experiment_id, name, params, step, model, example)
-            run.keep_only_model(experiment_id, uri)  # one model per trial: it replaces the light one
+            run.delete_models(experiment_id, LIGHT_TYPE)  # one model per trial: it replaces the light one
         elif run.tags().get(MODEL_FORMAT) != "pt2":  # else another worker's end of study came first
             uri = _log_light(run, experiment_id, name, params, step, model, example, folder)
         else:
@@ -114,7 +115,8 @@ def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, s
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     with warnings.catch_warnings():  # the signature is given: an example would only be run
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        return run.log_model(mlflow.pyfunc, experiment_id, name, params, step, python_model=str(LIGHT_MODEL),
+        return run.log_model(mlflow.pyfunc, experiment_id, name, params, step, model_type=LIGHT_TYPE,
+                             python_model=str(LIGHT_MODEL),
                              signature=signature, artifacts=dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)])),
                              pip_requirements=[f"vaebench=={__version__}", *_requirements()])
 

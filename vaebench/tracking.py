@@ -196,29 +196,31 @@ class TrialRun:
         return self.client.download_artifacts(self.run_id, path, folder)
 
     def log_model(
-        self, flavor: Any, experiment_id: str, name: str, params: dict[str, Any], step: int, **kwargs: Any,
+        self, flavor: Any, experiment_id: str, name: str, params: dict[str, Any], step: int,
+        model_type: str | None = None, **kwargs: Any,
     ) -> str:
         """A model of the MLflow `flavor` module (`mlflow.pytorch`, `mlflow.pyfunc`; `kwargs` go
         to its save_model) as a logged model of this run, created in `experiment_id` (the
-        study's, not the process's active experiment), named `name` with `params`, output at
-        `step` (whose metrics MLflow links to it); the final scores (step 0) are linked too,
-        with the run's dataset. Returns its URI. Through `Model.log`, which every flavor's
+        study's, not the process's active experiment), named `name` with `params` and
+        `model_type`, output at `step` (whose metrics MLflow links to it); the final scores
+        (step 0) are linked too, with the run's dataset. Returns its URI. Through `Model.log`, which every flavor's
         log_model calls, because it takes the run id (pyfunc's log_model would need the
         process's active run instead)."""
         from mlflow.models import Model
 
         logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
-                                                 params={k: str(v) for k, v in params.items()})
+                                                 params={k: str(v) for k, v in params.items()}, model_type=model_type)
         info = Model.log(artifact_path=None, name="model", flavor=flavor, model_id=logged.model_id, run_id=self.run_id,
                          step=step, **kwargs)
         self.link_final(logged.model_id)
         return info.model_uri
 
-    def keep_only_model(self, experiment_id: str, model_uri: str) -> None:
-        """Deletes this run's other logged models: `model_uri` replaces them."""
+    def delete_models(self, experiment_id: str, model_type: str) -> None:
+        """Deletes this run's logged models of `model_type` (replaced by another kind). Only
+        that kind: a worker may be logging another model of the same kind meanwhile."""
         for logged in self.client.search_logged_models(experiment_ids=[experiment_id],
                                                        filter_string=f"source_run_id = '{self.run_id}'"):
-            if f"models:/{logged.model_id}" != model_uri:
+            if logged.model_type == model_type:
                 self.client.delete_logged_model(logged.model_id)
 
     def link_final(self, model_id: str) -> None:
