@@ -105,3 +105,22 @@ def test_report_of_an_unknown_study_creates_no_store(folder: Path) -> None:
         line = refused_line(folder, command, "--study", "nosuch", "--tracking-uri", "sqlite:///mlflow.db")
         assert line == "vaebench: error: --tracking-uri sqlite:///mlflow.db: no MLflow store there (mlflow.db does not exist)"
     assert list(folder.iterdir()) == []
+
+
+def test_a_parent_run_made_between_the_two_reads_is_not_taken_for_lost(
+    folder: Path, mlflow_template: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that reads MLflow just before another worker makes the parent run and its first
+    trial sees the trial in Optuna under a parent it did not see: it reads MLflow again."""
+    from vaebench.search import consistency
+
+    finished_study(folder, mlflow_template)
+    real, reads = consistency.mlflow_parents, []
+
+    def first_read_too_early(uri: str, name: str) -> tuple[list[str], int]:
+        reads.append(name)
+        return ([], 0) if len(reads) == 1 else real(uri, name)
+
+    monkeypatch.setattr(consistency, "mlflow_parents", first_read_too_early)
+    side = consistency.check_before_run("lost", f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}")
+    assert side.trials == 2 and len(reads) == 2

@@ -78,8 +78,11 @@ def check_before_run(name: str, storage_url: str, tracking_uri: str) -> OptunaSi
             f"Optuna storage deleted or emptied?); running it would repeat them: pass --fresh to start over "
             f"under a new parent run, or give the study a new name")
     if side.trials and side.parent_id and side.parent_id not in parents:
-        raise InputError(missing_parent(name, storage_url, tracking_uri, side)
-                         + "; or pass --fresh to run it again from scratch (its Optuna trials are deleted)")
+        # Read MLflow again: another worker may have made the parent run and its first trial
+        # between the two reads, and it makes the run before it stores the run's id in Optuna.
+        if side.parent_id not in mlflow_parents(tracking_uri, name)[0]:
+            raise InputError(missing_parent(name, storage_url, tracking_uri, side)
+                             + "; or pass --fresh to run it again from scratch (its Optuna trials are deleted)")
     return side
 
 
