@@ -49,24 +49,25 @@ class LiteratureSpec(_Strict):
         return cls.model_validate_json(text)
 
 
+def _param(config: pd.Series, key: str) -> str | None:
+    """A setting as logged (a string); None where the configuration lacks it."""
+    value = config.get(f"param.{key}")
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def _matches(row: pd.Series, where: dict[str, Scalar]) -> bool:
     """The configuration has every setting of `where` (compared as logged: strings)."""
     for key, value in where.items():
-        logged = row.get(f"param.{key}")
-        if logged is None or (isinstance(logged, float) and math.isnan(logged)):
+        logged = _param(row, key)
+        if logged is None:
             return False
         try:
             if float(logged) != float(value):
                 return False
         except (TypeError, ValueError):
-            if str(logged) != str(value):
+            if logged != str(value):
                 return False
     return True
-
-
-def _param(config: pd.Series, key: str) -> str | None:
-    value = config.get(f"param.{key}")
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
 
 
 def setup(config: pd.Series) -> dict[str, str]:
