@@ -31,6 +31,14 @@ def open_png(path) -> Image.Image:
     return image
 
 
+def assert_unclipped(image: Image.Image, border: int = 3) -> None:
+    """The charts drawn in every trial have fixed margins: no text may run off the figure,
+    which would leave ink on its outermost pixels."""
+    pixels = np.asarray(image)
+    edges = [pixels[:border], pixels[-border:], pixels[:, :border], pixels[:, -border:]]
+    assert all((edge == 255).all() for edge in edges), "something is drawn at the figure's edge"
+
+
 @pytest.fixture(scope="module")
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
@@ -74,11 +82,20 @@ def test_latent_pca(tmp_path, rng, dims):
     means[0] = np.nan
     image = open_png(figures.latent_pca(means, labels, tmp_path / "pca.png"))
     assert 0.8 < image.size[0] / image.size[1] < 2.0
+    assert_unclipped(image)
 
 
-def test_latent_pca_many_classes_uses_a_colorbar(tmp_path, rng):
-    labels = rng.integers(0, 30, size=300)
-    open_png(figures.latent_pca(rng.normal(size=(300, 4)), labels, tmp_path / "pca.png"))
+@pytest.mark.parametrize("names", [["square", "ellipse", "heart"], ["a class with a long name", "b"]])
+def test_latent_pca_legend_fits_long_labels(tmp_path, rng, names):
+    labels = np.array(names)[rng.integers(0, len(names), size=200)]
+    means = rng.normal(size=(200, 3)) * 1000  # long tick labels too
+    assert_unclipped(open_png(figures.latent_pca(means, labels, tmp_path / "pca.png")))
+
+
+@pytest.mark.parametrize("n_classes", [30, 300])
+def test_latent_pca_many_classes_uses_a_colorbar(tmp_path, rng, n_classes):
+    labels = rng.integers(0, n_classes, size=600) * 1000  # 6-digit class ids on the colorbar
+    assert_unclipped(open_png(figures.latent_pca(rng.normal(size=(600, 4)), labels, tmp_path / "pca.png")))
 
 
 @pytest.mark.parametrize("shape", [(8,), (50, 8)])
@@ -86,7 +103,48 @@ def test_kl_per_dim(tmp_path, rng, shape):
     kl = np.abs(rng.normal(size=shape))
     image = open_png(figures.kl_per_dim(kl, tmp_path / "kl.png", threshold=0.1))
     assert image.size[0] > image.size[1]
-    open_png(figures.kl_per_dim(np.abs(rng.normal(size=64)), tmp_path / "kl64.png"))
+    assert_unclipped(image)
+    for dims, scale in [(1, 1.0), (64, 1.0), (200, 1e4)]:
+        assert_unclipped(open_png(figures.kl_per_dim(np.abs(rng.normal(size=dims)) * scale, tmp_path / "kl.png")))
+
+
+@pytest.mark.parametrize(("value", "limit"), [(0.9, 1.0), (1.0, 1.0), (1.01, 1.5), (4.4, 5.0), (8.5, 10.0),
+                                              (1234.0, 1500.0), (0.0021, 0.0025), (0.0, 1.0), (float("nan"), 1.0)])
+def test_nice_limit_is_the_next_step_of_the_ladder(value, limit):
+    assert figures._nice_limit(value) == pytest.approx(limit)
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(open_png(path))
+
+
+@pytest.mark.parametrize("chart", ["latent_pca", "kl_per_dim"])
+def test_blitted_chart_is_the_chart_drawn_afresh(tmp_path, chart):
+    """A trial's chart reuses the static part drawn for an earlier one: nothing of the earlier
+    chart's data may show, and the result is the same picture as one drawn from scratch."""
+    rng = np.random.default_rng(1)
+    if chart == "latent_pca":  # the second with the same axis limits (the static part's key), other data
+        means, labels = rng.normal(size=(300, 6)), rng.integers(0, 10, size=300)
+        first, second, kwargs = (means, labels), (means * [1, -1, 1, 1, 1, 1], labels[::-1]), {}
+    else:
+        kl = rng.uniform(0, 4, 12)
+        first, second, kwargs = (kl,), (kl[::-1],), {"threshold": 0.5}
+    draw = getattr(figures, chart)
+    figures._STATIC.clear()
+    before = pixels(draw(*first, tmp_path / "first.png", **kwargs))
+    after = pixels(draw(*second, tmp_path / "reused.png", **kwargs))
+    assert len(figures._STATIC) == 1, "both charts share one static part"
+    figures._STATIC.clear()
+    fresh = pixels(draw(*second, tmp_path / "fresh.png", **kwargs))
+    assert not np.array_equal(before, after)
+    np.testing.assert_array_equal(after, fresh)
+
+
+def test_static_parts_kept_are_bounded(tmp_path):
+    figures._STATIC.clear()
+    for dims in range(1, figures._STATIC_KEPT + 5):
+        figures.kl_per_dim(np.ones(dims), tmp_path / "kl.png")
+    assert len(figures._STATIC) == figures._STATIC_KEPT
 
 
 def test_rate_distortion_drops_nan_rows(tmp_path, rng):

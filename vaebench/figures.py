@@ -10,20 +10,26 @@ per example, as everywhere in vaebench.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 import numpy as np
 import optuna
 import torch
 import torch.nn.functional as F
+from matplotlib.artist import Artist
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import BoundaryNorm, ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 from sklearn.decomposition import PCA
 from torchvision.utils import save_image
 
@@ -56,6 +62,70 @@ def _save(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _fixed_figure(width: float, height: float, left: float, right: float, bottom: float, top: float) -> Figure:
+    """A one-axes figure with margins fixed in inches, for the charts drawn in every trial.
+
+    Matplotlib's constrained layout and tight bounding box measure every text before drawing,
+    which is most of a chart's cost (about half on a latent PCA chart); margins fixed from
+    the labels' lengths (`_text_inches`) draw once.
+    """
+    fig = Figure(figsize=(width, height))
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height)
+    return fig
+
+
+def _text_inches(text: str, size: float = 10.0) -> float:
+    """A generous width of `text` in inches at `size` points (DejaVu Sans is ~0.6 em a glyph)."""
+    return 0.65 * size / 72 * len(text)
+
+
+def _heading(fig: Figure) -> Artist:
+    """A blitted chart's title, set per call: centred on the figure, in its top margin."""
+    return fig.suptitle("", y=1 - 0.08 / fig.get_figheight(), va="top", animated=True)
+
+
+class _Static(NamedTuple):
+    canvas: FigureCanvasAgg
+    background: object  # the pixels of everything but `dynamic`
+    dynamic: tuple[Artist, ...]  # created with animated=True: left out of `background`
+
+
+_STATIC: OrderedDict[tuple, _Static] = OrderedDict()
+_STATIC_KEPT = 16
+_STATIC_LOCK = threading.Lock()
+
+
+def _blitted(key: tuple, build: Callable[[], tuple[Figure, tuple[Artist, ...]]],
+             update: Callable[..., None], path: Path) -> Path:
+    """Writes a chart drawn in every trial by blitting (matplotlib's way of redrawing fast).
+
+    Its static part (axes, ticks, labels, legend) depends on `key` only; `build` makes that
+    figure, with the per-call artists created `animated=True`, which a canvas draw leaves out.
+    The static part is drawn once per key and kept as pixels; each call restores them, sets
+    the per-call artists (`update`) and draws just those, at about a third of a full draw.
+    Axis limits come from `_nice_limit` so that one study's charts share a few keys.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _STATIC_LOCK:
+        static = _STATIC.pop(key, None)
+        if static is None:
+            fig, dynamic = build()
+            canvas = FigureCanvasAgg(fig)
+            fig.set_dpi(DPI)
+            canvas.draw()
+            static = _Static(canvas, canvas.copy_from_bbox(fig.bbox), dynamic)
+        _STATIC[key] = static  # most recently used last
+        while len(_STATIC) > _STATIC_KEPT:
+            _STATIC.popitem(last=False)
+        update(*static.dynamic)
+        static.canvas.restore_region(static.background)
+        for artist in static.dynamic:
+            static.canvas.figure.draw_artist(artist)
+        Image.fromarray(np.asarray(static.canvas.buffer_rgba())).save(path, compress_level=1)
     return path
 
 
@@ -112,13 +182,23 @@ def _discrete_cmap(n: int) -> ListedColormap:
     return ListedColormap(colours)
 
 
+def _nice_limit(value: float) -> float:
+    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k at or above `value` (> 0): axis
+    limits from a short ladder, so that charts of one study share their static part."""
+    if not math.isfinite(value) or value <= 0:
+        return 1.0
+    scale = 10.0 ** math.floor(math.log10(value))
+    return next(step * scale for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if step * scale >= value * (1 - 1e-12))
+
+
 def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0) -> Path:
     """Do classes separate in the latent space? Posterior means projected on 2 principal axes.
 
     Points are coloured by label (legend of class ids up to 20 classes, a discrete colorbar
-    beyond) and drawn in a shuffled order so no class hides under another. A 1-D latent is
-    drawn against a zero axis, jittered vertically so overlapping points stay visible;
-    rows with a non-finite coordinate are dropped.
+    beyond) and drawn in a shuffled order so no class hides under another. Both axes span
+    the same symmetric range, so distances read the same both ways. A 1-D latent is drawn
+    against a zero axis, jittered vertically so overlapping points stay visible; rows with
+    a non-finite coordinate are dropped.
     """
     means = np.asarray(means, dtype=float)
     means = means.reshape(len(means), -1)
@@ -127,45 +207,59 @@ def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0)
     means, labels = means[keep], labels[keep]
     rng = np.random.default_rng(seed)
     projected = means.shape[1] >= 2 and len(means) >= 2
+    method = "PCA" if projected else "no projection"
+    title = f"Posterior means, {method} ({len(means)} examples, {means.shape[1]}-D latent)"
     if projected:
         pca = PCA(n_components=2, random_state=seed)
         xy = pca.fit_transform(means)
-        ratio = pca.explained_variance_ratio_
-        xlabel = f"PC 1 ({100 * ratio[0]:.1f}% of variance)"
-        ylabel = f"PC 2 ({100 * ratio[1]:.1f}% of variance)"
+        title += "\nPC 1 and PC 2 hold {:.1f}% and {:.1f}% of the variance".format(*100 * pca.explained_variance_ratio_)
     else:
         jitter = rng.uniform(-0.4, 0.4, len(means))
         xy = np.column_stack([means[:, 0] if means.shape[1] else np.zeros(len(means)), jitter])
-        xlabel, ylabel = "z (posterior mean)", "zero axis (jitter only)"
-
+    limit = _nice_limit(1.05 * float(np.max(np.abs(xy[:, 0 if not projected else slice(None)]), initial=0.0)))
     classes, index = np.unique(labels, return_inverse=True)
-    cmap = _discrete_cmap(max(len(classes), 1))
-    norm = BoundaryNorm(np.arange(len(classes) + 1) - 0.5, cmap.N)
     order = rng.permutation(len(xy))
 
-    fig = Figure(figsize=(6.4, 5.2), layout="constrained")
-    ax = fig.add_subplot()
-    points = ax.scatter(
-        xy[order, 0], xy[order, 1], c=index[order], cmap=cmap, norm=norm, s=10, alpha=0.75, linewidths=0
-    )
-    if len(classes) <= 20:
-        handles = [
-            Line2D([], [], marker="o", linestyle="", color=cmap(i), label=str(c)) for i, c in enumerate(classes)
-        ]
-        ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    else:
-        ticks = np.arange(0, len(classes), -(-len(classes) // 30))  # at most 30 tick labels
-        bar = fig.colorbar(points, ax=ax, ticks=ticks)
-        bar.ax.set_yticklabels([str(classes[i]) for i in ticks])
-        bar.set_label("label")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if not projected:
-        ax.set_yticks([])
-        ax.set_ylim(-1, 1)
-    method = "PCA" if projected else "no projection"
-    ax.set_title(f"Posterior means, {method} ({len(xy)} examples, {means.shape[1]}-D latent)")
-    return _save(fig, path)
+    def build() -> tuple[Figure, tuple[Artist, ...]]:
+        cmap = _discrete_cmap(max(len(classes), 1))
+        norm = BoundaryNorm(np.arange(len(classes) + 1) - 0.5, cmap.N)
+        if len(classes) <= 20:  # a legend of class ids right of the axes, else a colorbar
+            right = 0.55 + _text_inches(max(["label", *map(str, classes)], key=len))
+        else:
+            right = 0.15
+        fig = _fixed_figure(6.4, 5.4, left=0.8, right=right, bottom=0.6, top=0.6)
+        ax = fig.add_subplot()
+        points = ax.scatter([], [], c=[], cmap=cmap, norm=norm, s=10, alpha=0.75, linewidths=0, animated=True)
+        if len(classes) <= 20:
+            handles = [
+                Line2D([], [], marker="o", linestyle="", color=cmap(i), label=str(c)) for i, c in enumerate(classes)
+            ]
+            ax.legend(handles=handles, title="label", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        else:
+            ticks = np.arange(0, len(classes), -(-len(classes) // 30))  # at most 30 tick labels
+            bar = fig.colorbar(points, ax=ax, ticks=ticks, fraction=0.1 + 0.02 * max(len(str(c)) for c in classes))
+            bar.ax.set_yticklabels([str(classes[i]) for i in ticks])
+            bar.set_label("label")
+        ax.set_xlim(-limit, limit)
+        if projected:
+            ax.set_ylim(-limit, limit)
+            ax.set_aspect("equal", adjustable="box")
+            ax.set_xlabel("PC 1")
+            ax.set_ylabel("PC 2")
+        else:
+            ax.set_ylim(-1, 1)
+            ax.set_yticks([])
+            ax.set_xlabel("z (posterior mean)")
+            ax.set_ylabel("zero axis (jitter only)")
+        return fig, (points, _heading(fig))
+
+    def update(points: Artist, heading: Artist) -> None:
+        points.set_offsets(xy[order])
+        points.set_array(index[order])
+        heading.set_text(title)
+
+    key = ("latent_pca", projected, limit, tuple(map(str, classes)))
+    return _blitted(key, build, update, path)
 
 
 def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Path:
@@ -179,23 +273,35 @@ def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Pa
     if kl.ndim == 2:
         kl = np.nanmean(kl, axis=0)
     dims = np.arange(len(kl))
-
-    fig = Figure(figsize=(max(4.8, min(12.0, 0.35 * len(kl) + 2.0)), 3.6), layout="constrained")
-    ax = fig.add_subplot()
-    ax.bar(dims, kl, color="tab:blue", width=0.8)
-    title = f"KL per latent dimension (index order), total {np.nansum(kl):.2f} {NATS}"
+    lines = [f"KL per latent dimension, total {np.nansum(kl):.2f} {NATS}"]
     if threshold is not None:
-        ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1)
-        title += f"\n{int(np.sum(kl > threshold))} of {len(kl)} dimensions above {threshold:g} {NATS} (dashed line)"
-    ax.set_xlabel("latent dimension")
-    ax.set_ylabel(f"mean KL [{NATS}]")
-    ax.set_xlim(-0.6, len(kl) - 0.4)
-    if len(kl) <= 32:
-        ax.set_xticks(dims)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_title(title)
-    return _save(fig, path)
+        lines.append(f"{int(np.sum(kl > threshold))} of {len(kl)} dimensions above {threshold:g} {NATS} (dashed line)")
+    top = _nice_limit(1.05 * float(np.nanmax(kl, initial=0.0)))
+
+    def build() -> tuple[Figure, tuple[Artist, ...]]:
+        fig = _fixed_figure(max(6.0, min(12.0, 0.35 * len(kl) + 2.0)), 3.6, left=0.8, right=0.15, bottom=0.55, top=0.55)
+        ax = fig.add_subplot()
+        bars = ax.bar(dims, np.zeros(len(kl)), color="tab:blue", width=0.8, animated=True)
+        # drawn after the bars (over them), so the cut is a per-call artist too
+        cut = [] if threshold is None else [ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
+                                                       animated=True)]
+        ax.set_xlabel("latent dimension (index order)")
+        ax.set_ylabel(f"mean KL [{NATS}]")
+        ax.set_xlim(-0.6, len(kl) - 0.4)
+        ax.set_ylim(0, top)
+        if len(kl) <= 32:
+            ax.set_xticks(dims)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        return fig, (*bars, *cut, _heading(fig))
+
+    def update(*artists: Artist) -> None:
+        for bar, height in zip(artists, np.nan_to_num(kl)):
+            bar.set_height(height)
+        artists[-1].set_text("\n".join(lines))
+
+    key = ("kl_per_dim", len(kl), threshold, top)
+    return _blitted(key, build, update, path)
 
 
 def _colour_norm(values: np.ndarray, log: bool) -> Normalize:
