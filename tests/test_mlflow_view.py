@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 import mlflow.pytorch
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric
 
 from vaebench import data, mlflow_view, tracking, tracking_ui
 from vaebench.config import StudySpec
@@ -174,14 +174,20 @@ def test_log_dataset_records_the_fingerprint_source_shapes_and_context(client: M
     assert [(t.key, t.value) for t in logged.tags] == [("mlflow.data.context", "training")]
 
 
-def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_dataset(client: MlflowClient) -> None:
+@pytest.mark.parametrize("reopened", [False, True], ids=["same-run-object", "reopened-run"])
+def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_dataset(
+    client: MlflowClient, reopened: bool,
+) -> None:
     ds = data.load("digits", seed=0)
     experiment = fresh(client)
     run = tracking.TrialRun(client, client.create_run(experiment).info.run_id)
     tracking_ui.log_dataset(run, ds, "vaebench.data:digits")
+    run.log_metrics({"test_elbo": -41.5}, step=2)  # an earlier epoch: not linked
     run.log_metrics({"test_elbo": -40.0, "val_elbo": -41.0}, step=3)  # the last epoch
     run.log_final({"test_elbo": -30.5, "test_kl": float("nan")})
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(3, -40.0), (0, -30.5)]
+    if reopened:  # the study's best model is logged from a new object: links read MLflow back
+        run = tracking.TrialRun(client, run.run_id)
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(2, -41.5), (3, -40.0), (0, -30.5)]
     assert "test_kl" not in client.get_run(run.run_id).data.metrics  # not computed: left out, never NaN
     run.log_model(mlflow.pytorch, experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
                   pytorch_model=torch.nn.Linear(2, 1), input_example=torch.zeros(1, 2).numpy(),
@@ -192,7 +198,8 @@ def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_da
     assert linked == [("test_elbo", -40.0, 3, None, None), ("test_elbo", -30.5, 0, "digits", ds.fingerprint),
                       ("val_elbo", -41.0, 3, None, None)]
     # the run's own history is unchanged by the linking
-    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(3, -40.0), (0, -30.5)]
+    assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(2, -41.5), (3, -40.0), (0, -30.5)]
+    assert model.status == LoggedModelStatus.READY and mlflow.pytorch.load_model(f"models:/{model.model_id}")
 
 
 @pytest.mark.parametrize(("number", "params", "name"), [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,10 @@ class TrialRun:
     flush_s: float = FLUSH_S
     buffer: list[Metric] = field(default_factory=list)
     flushed_at: float = field(default_factory=time.monotonic)
+    # What this object logged, for `link_metrics`: reading a run's metric history back costs
+    # a query per metric, which was most of logging a trial's model.
+    logged: dict[tuple[str, int], Metric] = field(default_factory=dict)  # (key, step) -> metric
+    dataset: dict[str, str] = field(default_factory=dict)  # dataset_name, dataset_digest of its input
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0, buffered: bool = False) -> None:
         """Logs in one batched call. `buffered` (per-epoch metrics) holds them until `flush_s`
@@ -139,7 +144,9 @@ class TrialRun:
         in one call: each write is a database transaction, costly beside a short epoch.
         `finish` (and an unbuffered call) writes what is held."""
         ts = _now_ms()
-        self.buffer += [Metric(k, v, ts, step) for k, v in finite(metrics).items()]
+        new = [Metric(k, v, ts, step) for k, v in finite(metrics).items()]
+        self.buffer += new
+        self.logged |= {(m.key, m.step): m for m in new}
         if not buffered or time.monotonic() - self.flushed_at >= self.flush_s:
             self.flush()
 
@@ -166,6 +173,7 @@ class TrialRun:
         from mlflow.entities import DatasetInput, InputTag
 
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(dataset, tags=[InputTag(DATA_CONTEXT, context)])])
+        self.dataset = {"dataset_name": dataset.name, "dataset_digest": dataset.digest}
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -202,18 +210,32 @@ class TrialRun:
         """A model of the MLflow `flavor` module (`mlflow.pytorch`, `mlflow.pyfunc`; `kwargs` go
         to its save_model) as a logged model of this run, created in `experiment_id` (the
         study's, not the process's active experiment), named `name` with `params` and
-        `model_type`, output at `step` (whose metrics MLflow links to it); the final scores
-        (step 0) are linked too, with the run's dataset. Returns its URI. Through `Model.log`, which every flavor's
-        log_model calls, because it takes the run id (pyfunc's log_model would need the
-        process's active run instead)."""
+        `model_type`, output at `step`, linked to the metrics of that step and to the final
+        scores (step 0) with the run's dataset. Returns its URI.
+
+        These are the steps of MLflow's `Model.log`, through public client calls, for two
+        reasons: it takes the run id (pyfunc's log_model would need the process's active run),
+        and it links metrics by reading every metric's history back, a query per metric,
+        where this run knows what it logged (`link_metrics`)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
         from mlflow.models import Model
 
         logged = self.client.create_logged_model(experiment_id, name=name, source_run_id=self.run_id,
                                                  params={k: str(v) for k, v in params.items()}, model_type=model_type)
-        info = Model.log(artifact_path=None, name="model", flavor=flavor, model_id=logged.model_id, run_id=self.run_id,
-                         step=step, **kwargs)
-        self.link_final(logged.model_id)
-        return info.model_uri
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                folder = os.path.join(tmp, "model")
+                meta = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=self.run_id,
+                             model_id=logged.model_id)
+                flavor.save_model(path=folder, mlflow_model=meta, **kwargs)
+                self.client.log_model_artifacts(logged.model_id, folder)
+            self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step)])
+            self.link_metrics(logged.model_id, step)
+        except BaseException:
+            self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+        return f"models:/{logged.model_id}"
 
     def delete_models(self, experiment_id: str, model_type: str) -> None:
         """Deletes this run's logged models of `model_type` (replaced by another kind). Only
@@ -223,19 +245,24 @@ class TrialRun:
             if logged.model_type == model_type:
                 self.client.delete_logged_model(logged.model_id)
 
-    def link_final(self, model_id: str) -> None:
-        """Links the run's step-0 metrics (the final scores) to `model_id` and to the run's
-        dataset input: the Models tab's metric columns. Logged again with the same time stamps,
+    def link_metrics(self, model_id: str, step: int) -> None:
+        """Links the run's metrics of `step` and its final scores (step 0, with the run's dataset)
+        to `model_id`: the Models tab's metric columns. From what this object logged; read back
+        from MLflow when it logged nothing at `step` (a run reopened to log the study's best
+        model, or a trial resumed after its last epoch). Logged again with the same time stamps,
         the run's own metrics are unchanged (MLflow drops the duplicates)."""
-        run = self.client.get_run(self.run_id)
-        inputs = run.inputs.dataset_inputs if run.inputs else []
-        dataset = {"dataset_name": inputs[0].dataset.name, "dataset_digest": inputs[0].dataset.digest} if inputs else {}
-        final = [Metric(m.key, m.value, m.timestamp, 0, model_id=model_id, **dataset)
-                 for key in run.data.metrics if not key.startswith(SYSTEM_METRICS)
-                 for m in self.client.get_metric_history(self.run_id, key) if m.step == 0]
-        for i in range(0, len(final), _MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=final[i : i + _MAX_METRICS])
-
+        self.flush()
+        metrics, dataset = list(self.logged.values()), self.dataset
+        if not any(m.step == step for m in metrics):
+            run = self.client.get_run(self.run_id)
+            inputs = run.inputs.dataset_inputs if run.inputs else []
+            dataset = {"dataset_name": inputs[0].dataset.name, "dataset_digest": inputs[0].dataset.digest} if inputs else {}
+            metrics = [m for key in run.data.metrics if not key.startswith(SYSTEM_METRICS)
+                       for m in self.client.get_metric_history(self.run_id, key)]
+        linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **(dataset if m.step == 0 else {}))
+                  for m in metrics if m.step in (0, step)]
+        for i in range(0, len(linked), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=linked[i : i + _MAX_METRICS])
 
 @dataclass
 class StudyTracker:
