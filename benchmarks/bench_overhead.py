@@ -41,7 +41,7 @@ from typing import Any
 
 from common import median, print_table, rotated, timed, write_report
 
-from vaebench import artifacts, config, metrics, search, tracking, tracking_ui, train, trial
+from vaebench import artifacts, config, figures, metrics, search, tracking, tracking_ui, train, trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,18 +58,19 @@ def tiny_spec(n_trials: int) -> config.StudySpec:
 
 
 @contextlib.contextmanager
-def clocked(targets: dict[str, tuple[Any, str]]) -> Iterator[dict[str, float]]:
-    """Wrap module attributes (name -> (module, attribute)) to add up the seconds spent in them."""
+def clocked(targets: dict[str, tuple[Any, str]], clock: Callable[[], float] = time.perf_counter) -> Iterator[dict[str, float]]:
+    """Wrap module attributes (name -> (module, attribute)) to add up the seconds spent in them
+    by `clock` (the wall clock, or time.thread_time for this thread's CPU)."""
     spent: dict[str, float] = defaultdict(float)
     saved = {name: getattr(module, attr) for name, (module, attr) in targets.items()}
 
     def wrapper(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed_call(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = clock()
             try:
                 return fn(*args, **kwargs)
             finally:
-                spent[name] += time.perf_counter() - start
+                spent[name] += clock() - start
         return timed_call
 
     for name, (module, attr) in targets.items():
@@ -149,24 +150,32 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         }
         for fn in variants.values():  # warm-up: imports, first MLflow writes, first figures and models
             fn()
-        # Tracking calls on the trial's critical path, timed where they are made (they do not nest).
+        # Tracking calls on the trial's critical path, timed where they are made (they do not
+        # nest), on the wall clock and in the calling thread's CPU time; and within the costly
+        # set, its charts and its model.
         calls = {"start_trial": (tracking.StudyTracker, "start_trial"), "log_params": (tracking.TrialRun, "log_params"),
                  "log_dataset": (tracking_ui, "log_dataset"), "log_metrics": (tracking.TrialRun, "log_metrics"),
-                 "artifacts": (artifacts, "log_trial"),
+                 "cheap set": (artifacts, "log_trial"), "costly set": (artifacts, "log_full"),
                  "describe": (tracking_ui, "describe_run"), "finish": (tracking.TrialRun, "finish")}
+        parts = {"latent PCA chart": (figures, "latent_pca"), "KL chart": (figures, "kl_per_dim"),
+                 "light model": (tracking.TrialRun, "log_model")}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}
         in_calls: list[dict[str, float]] = []
+        in_calls_cpu: list[dict[str, float]] = []
         for rnd in range(repeats):
             for name in rotated(list(variants), rnd):
-                with clocked(calls if name == "all (default)" else {}) as spent:
+                timing = name == "all (default)"
+                with clocked(calls | parts if timing else {}) as spent, \
+                        clocked(calls | parts if timing else {}, time.thread_time) as spent_cpu:
                     cpu_start, start = time.process_time(), time.perf_counter()
                     for _ in range(trials):
                         variants[name]()
                     seconds[name].append((time.perf_counter() - start) / trials)
                     cpu[name].append((time.process_time() - cpu_start) / trials)
-                if name == "all (default)":
+                if timing:
                     in_calls.append({k: v / trials for k, v in spent.items()})
+                    in_calls_cpu.append({k: v / trials for k, v in spent_cpu.items()})
         best = []  # the best trial's standalone model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
@@ -177,11 +186,17 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
     rows = [{"variant": v, "wall_s": median(seconds[v]), "cpu_s": median(cpu[v]),
              "share_wall": (median(seconds[v]) + per_study) / u - 1.0, "share_cpu": (median(cpu[v]) + per_study) / uc - 1.0}
             for v in variants if v != "untracked"]
-    totals = [sum(c.values()) for c in in_calls]
+    totals = [sum(c.get(k, 0.0) for k in calls) for c in in_calls]
+    costly = median([c.get("costly set", 0.0) for c in in_calls]) + per_study
+    costly_cpu = median([c.get("costly set", 0.0) for c in in_calls_cpu]) + per_study
     return {"rows": rows, "untracked_s": u, "untracked_cpu_s": uc, "seconds": seconds, "cpu_seconds": cpu,
             "trials_per_sequence": trials, "in_tracking_calls_s": median(totals), "in_tracking_calls": in_calls,
-            "in_each_call_s": {k: median([c.get(k, 0.0) for c in in_calls]) for k in calls},
+            "in_tracking_calls_cpu": in_calls_cpu,
+            "in_each_call_s": {k: median([c.get(k, 0.0) for c in in_calls]) for k in calls | parts},
+            "in_each_call_cpu_s": {k: median([c.get(k, 0.0) for c in in_calls_cpu]) for k in calls | parts},
             "tracking_calls_share": median(totals) / u, "best_artifacts_s": median(best),
+            "costly_set_s": costly, "costly_set_share": costly / u,
+            "costly_set_cpu_s": costly_cpu, "costly_set_cpu_share": costly_cpu / uc,
             "trials_per_study": spec.search.total_trials, "epochs": cfg.train.epochs}
 
 
@@ -214,13 +229,20 @@ def main() -> None:
         print_table(share["rows"], [("variant", "tracking", ""), ("wall_s", "wall s/trial", ".2f"),
                                     ("share_wall", "share (wall)", ".1%"), ("cpu_s", "CPU s/trial", ".2f"),
                                     ("share_cpu", "share (CPU)", ".1%")])
-        print(f"On the trial's critical path (default): {1000 * share['in_tracking_calls_s']:.0f} ms = "
-              f"{100 * share['tracking_calls_share']:.1f}% of the untracked trial: "
-              + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in share["in_each_call_s"].items()))
+        print(f"\nInside the default trial, in the tracking calls on its critical path: "
+              f"{1000 * share['in_tracking_calls_s']:.0f} ms = {100 * share['tracking_calls_share']:.1f}% of the untracked trial")
+        print_table([{"call": k, "wall_ms": 1000 * v, "cpu_ms": 1000 * share["in_each_call_cpu_s"][k]}
+                     for k, v in share["in_each_call_s"].items()],
+                    [("call", "call (the last three are inside the costly set)", ""), ("wall_ms", "wall ms", ".0f"),
+                     ("cpu_ms", "thread CPU ms", ".0f")])
+        print(f"Costly set (charts + model, with the best trial's pt2 spread over the study): "
+              f"{1000 * share['costly_set_s']:.0f} ms wall = {share['costly_set_share']:.1%} of the untracked trial's wall, "
+              f"{1000 * share['costly_set_cpu_s']:.0f} ms CPU = {share['costly_set_cpu_share']:.1%} of its CPU")
         report["flagship"] = share
         default = next(r for r in share["rows"] if r["variant"] == "all (default)")
-        report["targets"]["tracking <= 3% of a flagship trial, default (wall)"] = default["share_wall"] <= 0.03
-        report["targets"]["tracking <= 3% of a flagship trial, default (CPU)"] = default["share_cpu"] <= 0.03
+        report["targets"]["charts + model <= 3% of a flagship trial (wall, timed inside it)"] = share["costly_set_share"] <= 0.03
+        report["targets"]["all tracking <= 3% of a flagship trial, default (wall)"] = default["share_wall"] <= 0.03
+        report["targets"]["all tracking <= 3% of a flagship trial, default (CPU)"] = default["share_cpu"] <= 0.03
     for name, ok in report["targets"].items():
         print(f"{'PASS' if ok else 'MISS'}  {name}")
     write_report("overhead", report)
