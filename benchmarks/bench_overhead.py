@@ -213,7 +213,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
 
 
 def chart_draws(model: Any, ds: Any, repeats: int) -> dict[str, float]:
-    """A trial's two charts drawn in full (the first of its axis range in a process: its
+    """A trial's two charts drawn in full (the first of each kind in a process: its
     static part is drawn and kept) and blitted (later ones), alternating, median seconds of
     this thread's CPU."""
     means, labels, kl = metrics.posterior_means(model, ds.test.x), ds.test.y.numpy(), metrics.kl_per_dim(model, ds.test.x)
@@ -269,8 +269,8 @@ def main() -> None:
         print(f"Costly set (charts + model, with the best trial's pt2 spread over the study): "
               f"{1000 * share['costly_set_s']:.0f} ms wall = {share['costly_set_share']:.1%} of the untracked trial's wall, "
               f"{1000 * share['costly_set_cpu_s']:.0f} ms CPU = {share['costly_set_cpu_share']:.1%} of its CPU")
-        print(f"Both charts, thread CPU: {1000 * share['chart_draws_s']['full']:.0f} ms drawn in full (the first of "
-              f"an axis range in a process), {1000 * share['chart_draws_s']['blitted']:.0f} ms blitted (later ones)")
+        print(f"Both charts, thread CPU: {1000 * share['chart_draws_s']['full']:.0f} ms drawn in full (the first of its kind "
+              f"in a process), {1000 * share['chart_draws_s']['blitted']:.0f} ms blitted (later ones)")
         report["flagship"] = share
         # Timed inside the trial: whole-trial shares move more than 3% between rounds here.
         report["targets"]["charts + model <= 3% of a flagship trial (wall, timed inside it)"] = share["costly_set_share"] <= 0.03

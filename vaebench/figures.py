@@ -39,6 +39,8 @@ from vaebench.models import VAEModel
 MIN_SIDE = 28  # small images (8x8 digits) are upscaled so a grid is readable
 PAD = 2  # pixels between the tiles of an image grid
 DPI = 130
+PCA_FRAME_SD = 4.0  # latent_pca's frame: ±4 SDs of PC 1
+KL_FLOOR, KL_TOP = 1e-4, 1e2  # kl_per_dim's log axis, nats
 TRIAL_DPI = 100  # the charts drawn in every trial: matplotlib's default, 40% fewer pixels to draw and encode
 NATS = "nats"
 
@@ -107,7 +109,7 @@ def _blitted(key: tuple, build: Callable[[], tuple[Figure, tuple[Artist, ...]]],
     figure, with the per-call artists created `animated=True`, which a canvas draw leaves out.
     The static part is drawn once per key and kept as pixels; each call restores them, sets
     the per-call artists (`update`) and draws just those, at about a third of a full draw.
-    Axis limits come from `_nice_limit` so that one study's charts share a few keys.
+    The charts keep their axes fixed across trials, so a study's charts share one key.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,23 +185,15 @@ def _discrete_cmap(n: int) -> ListedColormap:
     return ListedColormap(colours)
 
 
-def _nice_limit(value: float) -> float:
-    """The smallest of 1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k at or above `value` (> 0): axis
-    limits from a short ladder, so that charts of one study share their static part."""
-    if not math.isfinite(value) or value <= 0:
-        return 1.0
-    scale = 10.0 ** math.floor(math.log10(value))
-    return next(step * scale for step in (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10) if step * scale >= value * (1 - 1e-12))
-
-
 def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0) -> Path:
     """Do classes separate in the latent space? Posterior means projected on 2 principal axes.
 
     Points are coloured by label (legend of class ids up to 20 classes, a discrete colorbar
-    beyond) and drawn in a shuffled order so no class hides under another. Both axes span
-    the same symmetric range, so distances read the same both ways. A 1-D latent is drawn
-    against a zero axis, jittered vertically so overlapping points stay visible; rows with
-    a non-finite coordinate are dropped.
+    beyond) and drawn in a shuffled order so no class hides under another. Both axes are in
+    one unit, the SD along PC 1 (given in the title), in a fixed frame of ±PCA_FRAME_SD: the
+    shape reads the same both ways, trials compare side by side, and every trial's chart is
+    blitted on the same static part. A 1-D latent is drawn against a zero axis, jittered
+    vertically so overlapping points stay visible; rows with a non-finite coordinate are dropped.
     """
     means = np.asarray(means, dtype=float)
     means = means.reshape(len(means), -1)
@@ -209,15 +203,19 @@ def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0)
     rng = np.random.default_rng(seed)
     projected = means.shape[1] >= 2 and len(means) >= 2
     method = "PCA" if projected else "no projection"
-    title = f"Posterior means, {method} ({len(means)} examples, {means.shape[1]}-D latent)"
+    title = f"Posterior means, {method} ({len(means)} examples, {means.shape[1]}-D latent)\n"
     if projected:
         pca = PCA(n_components=2, random_state=seed)
         xy = pca.fit_transform(means)
-        title += "\nPC 1 and PC 2 hold {:.1f}% and {:.1f}% of the variance".format(*100 * pca.explained_variance_ratio_)
+        title += "PC 1 and PC 2 hold {:.1f}% and {:.1f}% of the variance; ".format(*100 * pca.explained_variance_ratio_)
     else:
         jitter = rng.uniform(-0.4, 0.4, len(means))
-        xy = np.column_stack([means[:, 0] if means.shape[1] else np.zeros(len(means)), jitter])
-    limit = _nice_limit(1.05 * float(np.max(np.abs(xy if projected else xy[:, 0]), initial=0.0)))
+        xy = np.column_stack([means[:, 0] - means[:, 0].mean() if means.shape[1] else np.zeros(len(means)), jitter])
+    sd = float(np.std(xy[:, 0])) if len(xy) else 0.0
+    if sd > 0:  # both axes in one unit, the first axis's SD: one frame for every trial, shapes kept
+        xy[:, : 2 if projected else 1] /= sd
+    outside = int(np.sum(np.abs(xy[:, : 2 if projected else 1]) > PCA_FRAME_SD))
+    title += f"1 unit = {sd:.3g}" + (f"; {outside} beyond the frame" if outside else "")
     classes, index = np.unique(labels, return_inverse=True)
     order = rng.permutation(len(xy))
 
@@ -241,16 +239,16 @@ def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0)
             bar = fig.colorbar(points, ax=ax, ticks=ticks, fraction=0.1 + 0.02 * max(len(str(c)) for c in classes))
             bar.ax.set_yticklabels([str(classes[i]) for i in ticks])
             bar.set_label("label")
-        ax.set_xlim(-limit, limit)
+        ax.set_xlim(-PCA_FRAME_SD, PCA_FRAME_SD)
         if projected:
-            ax.set_ylim(-limit, limit)
+            ax.set_ylim(-PCA_FRAME_SD, PCA_FRAME_SD)
             ax.set_aspect("equal", adjustable="box")
-            ax.set_xlabel("PC 1")
-            ax.set_ylabel("PC 2")
+            ax.set_xlabel("PC 1 [SD of PC 1]")
+            ax.set_ylabel("PC 2 [SD of PC 1]")
         else:
             ax.set_ylim(-1, 1)
             ax.set_yticks([])
-            ax.set_xlabel("z (posterior mean)")
+            ax.set_xlabel("z \u2212 mean [SD of z] (posterior mean)")
             ax.set_ylabel("zero axis (jitter only)")
         return fig, (points, _heading(fig))
 
@@ -259,16 +257,18 @@ def latent_pca(means: np.ndarray, labels: np.ndarray, path: Path, seed: int = 0)
         points.set_array(index[order])
         heading.set_text(title)
 
-    key = ("latent_pca", projected, limit, tuple(map(str, classes)))
+    key = ("latent_pca", projected, tuple(map(str, classes)))
     return _blitted(key, build, update, path)
 
 
 def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Path:
     """Which latent dimensions are used: mean KL(q(z_d|x) || p(z_d)) per dimension.
 
-    Bars are in index order (dimension 0 first, as the rows of `traversals`). `kl` is
-    either the per-dimension means (D,) or per-example values (N, D), averaged here. With
-    `threshold` a dashed line marks the active-unit cut and the title counts the dims above it.
+    Bars are in index order (dimension 0 first, as the rows of `traversals`), on a log axis
+    from KL_FLOOR nats (a bar below it is not drawn) to KL_TOP or the next decade above the
+    largest value. `kl` is either the per-dimension means (D,) or per-example values (N, D),
+    averaged here. With `threshold` a dashed line marks the active-unit cut and the title
+    counts the dims above it.
     """
     kl = np.asarray(kl, dtype=float)
     if kl.ndim == 2:
@@ -277,19 +277,22 @@ def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Pa
     lines = [f"KL per latent dimension, total {np.nansum(kl):.2f} {NATS}"]
     if threshold is not None:
         lines.append(f"{int(np.sum(kl > threshold))} of {len(kl)} dimensions above {threshold:g} {NATS} (dashed line)")
-    top = _nice_limit(1.05 * float(np.nanmax(kl, initial=0.0)))
+    # a log axis of whole decades from KL_FLOOR: collapsed dimensions (~1e-4 nats) and used ones
+    # (~1-10) both show, and one study's charts share their static part
+    top = max(KL_TOP, 10.0 ** math.ceil(math.log10(max(float(np.nanmax(kl, initial=0.0)), KL_TOP))))
 
     def build() -> tuple[Figure, tuple[Artist, ...]]:
         fig = _fixed_figure(max(6.0, min(12.0, 0.35 * len(kl) + 2.0)), 3.6, left=0.8, right=0.15, bottom=0.55, top=0.55)
         ax = fig.add_subplot()
-        bars = ax.bar(dims, np.zeros(len(kl)), color="tab:blue", width=0.8, animated=True)
+        bars = ax.bar(dims, np.zeros(len(kl)), bottom=KL_FLOOR, color="tab:blue", width=0.8, animated=True)
         # drawn after the bars (over them), so the cut is a per-call artist too
         cut = [] if threshold is None else [ax.axhline(threshold, color="tab:red", linestyle="--", linewidth=1,
                                                        animated=True)]
         ax.set_xlabel("latent dimension (index order)")
         ax.set_ylabel(f"mean KL [{NATS}]")
         ax.set_xlim(-0.6, len(kl) - 0.4)
-        ax.set_ylim(0, top)
+        ax.set_yscale("log")
+        ax.set_ylim(KL_FLOOR, top)
         if len(kl) <= 32:
             ax.set_xticks(dims)
         else:
@@ -297,11 +300,11 @@ def kl_per_dim(kl: np.ndarray, path: Path, threshold: float | None = None) -> Pa
         return fig, (*bars, *cut, _heading(fig))
 
     def update(*artists: Artist) -> None:
-        for bar, height in zip(artists, np.nan_to_num(kl)):
-            bar.set_height(height)
+        for bar, value in zip(artists, np.nan_to_num(kl)):
+            bar.set_height(max(value - KL_FLOOR, 0.0))  # from the floor up to the value
         artists[-1].set_text("\n".join(lines))
 
-    key = ("kl_per_dim", len(kl), threshold, top)
+    key = ("kl_per_dim", len(kl), threshold, top)  # top: one study's trials share KL_TOP but for outliers
     return _blitted(key, build, update, path)
 
 
