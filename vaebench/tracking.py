@@ -264,6 +264,7 @@ class TrialRun:
         for i in range(0, len(linked), _MAX_METRICS):
             self.client.log_batch(self.run_id, metrics=linked[i : i + _MAX_METRICS])
 
+
 @dataclass
 class StudyTracker:
     """The study's experiment; creates the parent run and the trials' child runs."""
