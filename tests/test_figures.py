@@ -88,7 +88,7 @@ def test_latent_pca(tmp_path, rng, dims):
 @pytest.mark.parametrize("names", [["square", "ellipse", "heart"], ["a class with a long name", "b"]])
 def test_latent_pca_legend_fits_long_labels(tmp_path, rng, names):
     labels = np.array(names)[rng.integers(0, len(names), size=200)]
-    means = rng.normal(size=(200, 3)) * 1000  # long tick labels too
+    means = rng.normal(size=(200, 3)) * 1000
     assert_unclipped(open_png(figures.latent_pca(means, labels, tmp_path / "pca.png")))
 
 

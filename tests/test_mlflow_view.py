@@ -189,10 +189,12 @@ def test_final_metrics_are_at_step_0_and_the_logged_model_links_them_with_the_da
         run = tracking.TrialRun(client, run.run_id)
     assert [(m.step, m.value) for m in client.get_metric_history(run.run_id, "test_elbo")] == [(2, -41.5), (3, -40.0), (0, -30.5)]
     assert "test_kl" not in client.get_run(run.run_id).data.metrics  # not computed: left out, never NaN
-    run.log_model(mlflow.pytorch, experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
-                  pytorch_model=torch.nn.Linear(2, 1), input_example=torch.zeros(1, 2).numpy(),
-                  pip_requirements=["torch"], serialization_format="pt2")
+    uri = run.log_model(mlflow.pytorch, experiment, "t005-beta0p5-seed1", {"model.beta": 0.5, "seed": 1}, step=3,
+                        model_format="pt2", pytorch_model=torch.nn.Linear(2, 1),
+                        input_example=torch.zeros(1, 2).numpy(), pip_requirements=["torch"], serialization_format="pt2")
     (model,) = client.search_logged_models([experiment])
+    tags = client.get_run(run.run_id).data.tags
+    assert (tags[tracking.MODEL_URI], tags[tracking.MODEL_FORMAT]) == (uri, "pt2") and uri == f"models:/{model.model_id}"
     assert (model.name, model.source_run_id, model.params) == ("t005-beta0p5-seed1", run.run_id, {"model.beta": "0.5", "seed": "1"})
     linked = sorted((m.key, m.value, m.step, m.dataset_name, m.dataset_digest) for m in model.metrics)
     assert linked == [("test_elbo", -40.0, 3, None, None), ("test_elbo", -30.5, 0, "digits", ds.fingerprint),

@@ -84,13 +84,10 @@ def log_full(
         model.cpu().eval()  # saved on the CPU, with a CPU example, wherever it was trained
         example, params = x[:2].cpu().numpy(), {k: str(v) for k, v in (params or {}).items()}
         if standalone:
-            uri = _log_standalone(run, experiment_id, name, params, step, model, example)
+            _log_standalone(run, experiment_id, name, params, step, model, example)
             run.delete_models(experiment_id, LIGHT_TYPE)  # one model per trial: it replaces the light one
         elif run.tags().get(MODEL_FORMAT) != "pt2":  # else another worker's end of study came first
-            uri = _log_light(run, experiment_id, name, params, step, model, example, folder)
-        else:
-            return
-    run.set_tags({MODEL_URI: uri, MODEL_FORMAT: "pt2" if standalone else "vaebench"})
+            _log_light(run, experiment_id, name, params, step, model, example, folder)
 
 
 def _requirements() -> list[str]:
@@ -101,7 +98,7 @@ def _log_standalone(run: TrialRun, experiment_id: str, name: str, params: dict[s
                     model: models.VAEModel, example: np.ndarray) -> str:
     # Not loaded back and run on the example as MLflow's Model.log would (a third of the
     # cost): the tests load and run the models instead.
-    return run.log_model(mlflow.pytorch, experiment_id, name, params, step, pytorch_model=model,
+    return run.log_model(mlflow.pytorch, experiment_id, name, params, step, "pt2", pytorch_model=model,
                          input_example=example, serialization_format="pt2", pip_requirements=_requirements())
 
 
@@ -114,7 +111,7 @@ def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, s
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     with warnings.catch_warnings():  # the signature is given: an example would only be run
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        return run.log_model(mlflow.pyfunc, experiment_id, name, params, step, model_type=LIGHT_TYPE,
+        return run.log_model(mlflow.pyfunc, experiment_id, name, params, step, "vaebench", model_type=LIGHT_TYPE,
                              python_model=str(LIGHT_MODEL),
                              signature=signature, artifacts=dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)])),
                              pip_requirements=[f"vaebench=={__version__}", *_requirements()])

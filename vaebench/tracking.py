@@ -205,13 +205,14 @@ class TrialRun:
 
     def log_model(
         self, flavor: Any, experiment_id: str, name: str, params: dict[str, Any], step: int,
-        model_type: str | None = None, **kwargs: Any,
+        model_format: str, model_type: str | None = None, **kwargs: Any,
     ) -> str:
         """A model of the MLflow `flavor` module (`mlflow.pytorch`, `mlflow.pyfunc`; `kwargs` go
         to its save_model) as a logged model of this run, created in `experiment_id` (the
         study's, not the process's active experiment), named `name` with `params` and
         `model_type`, output at `step`, linked to the metrics of that step and to the final
-        scores (step 0) with the run's dataset. Returns its URI.
+        scores (step 0) with the run's dataset. The run gets its URI (MODEL_URI) and
+        `model_format` (MODEL_FORMAT) as tags in the write that links them. Returns the URI.
 
         These are the steps of MLflow's `Model.log`, through public client calls, for two
         reasons: it takes the run id (pyfunc's log_model would need the process's active run),
@@ -229,13 +230,14 @@ class TrialRun:
                              model_id=logged.model_id)
                 flavor.save_model(path=folder, mlflow_model=meta, **kwargs)
                 self.client.log_model_artifacts(logged.model_id, folder)
+            uri = f"models:/{logged.model_id}"
             self.client.log_outputs(self.run_id, [LoggedModelOutput(logged.model_id, step)])
-            self.link_metrics(logged.model_id, step)
+            self.link_metrics(logged.model_id, step, tags={MODEL_URI: uri, MODEL_FORMAT: model_format})
         except BaseException:
             self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
             raise
         self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
-        return f"models:/{logged.model_id}"
+        return uri
 
     def delete_models(self, experiment_id: str, model_type: str) -> None:
         """Deletes this run's logged models of `model_type` (replaced by another kind). Only
@@ -245,12 +247,13 @@ class TrialRun:
             if logged.model_type == model_type:
                 self.client.delete_logged_model(logged.model_id)
 
-    def link_metrics(self, model_id: str, step: int) -> None:
+    def link_metrics(self, model_id: str, step: int, tags: dict[str, str] | None = None) -> None:
         """Links the run's metrics of `step` and its final scores (step 0, with the run's dataset)
         to `model_id`: the Models tab's metric columns. From what this object logged; read back
         from MLflow when it logged nothing at `step` (a run reopened to log the study's best
         model, or a trial resumed after its last epoch). Logged again with the same time stamps,
-        the run's own metrics are unchanged (MLflow drops the duplicates)."""
+        the run's own metrics are unchanged (MLflow drops the duplicates). `tags` go in the
+        same write."""
         self.flush()
         metrics, dataset = list(self.logged.values()), self.dataset
         if not any(m.step == step for m in metrics):
@@ -261,8 +264,9 @@ class TrialRun:
                        for m in self.client.get_metric_history(self.run_id, key)]
         linked = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, **(dataset if m.step == 0 else {}))
                   for m in metrics if m.step in (0, step)]
-        for i in range(0, len(linked), _MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=linked[i : i + _MAX_METRICS])
+        run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, max(len(linked), 1), _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=linked[i : i + _MAX_METRICS], tags=run_tags if i == 0 else [])
 
 
 @dataclass
