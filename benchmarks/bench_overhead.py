@@ -182,24 +182,24 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
                 if timing:
                     in_calls.append({k: v / trials for k, v in spent.items()})
                     in_calls_cpu.append({k: v / trials for k, v in spent_cpu.items()})
+        u, uc = median(seconds["untracked"]), median(cpu["untracked"])
         charts = chart_draws(trial.build_model(cfg, ds), ds, repeats)
-        system = system_metrics_cost(tracker, parent, u_wall := median(seconds["untracked"]), repeats)
+        system = system_metrics_cost(tracker, parent, u, repeats)
         best = []  # the best trial's standalone model, made once per study at its end
         for number in range(repeats):
             run = tracker.start_trial(parent, 10**6 + number, "best", {})
             best.append(timed(lambda: artifacts.log_full(trial.build_model(cfg, ds), ds, run, tracker.experiment_id,
                                                          standalone=True, charts=False)))
     per_study = median(best) / spec.search.total_trials
-    u, uc = median(seconds["untracked"]), median(cpu["untracked"])
 
-    def shares(times: dict[str, list[float]], v: str) -> list[float]:
-        """Round by round, against that round's untracked trials: the rounds drift apart."""
-        return sorted((t + per_study) / base - 1.0 for t, base in zip(times[v], times["untracked"]))
+    def shares(times: dict[str, list[float]], v: str, clock: str) -> dict[str, Any]:
+        """Round by round, against that round's untracked trials (the rounds drift apart):
+        the median share and the range."""
+        each = sorted((t + per_study) / base - 1.0 for t, base in zip(times[v], times["untracked"]))
+        return {f"share_{clock}": median(each), f"share_{clock}_range": f"{each[0]:+.1%} to {each[-1]:+.1%}"}
 
     rows = [{"variant": v, "wall_s": median(seconds[v]), "cpu_s": median(cpu[v]),
-             "share_wall": median(shares(seconds, v)), "share_cpu": median(shares(cpu, v)),
-             "share_wall_range": f"{shares(seconds, v)[0]:+.1%} to {shares(seconds, v)[-1]:+.1%}",
-             "share_cpu_range": f"{shares(cpu, v)[0]:+.1%} to {shares(cpu, v)[-1]:+.1%}"}
+             **shares(seconds, v, "wall"), **shares(cpu, v, "cpu")}
             for v in variants if v != "untracked"]
     totals = [sum(c.get(k, 0.0) for k in calls) for c in in_calls]
     # The trials here draw their charts blitted; a study's worker draws its first two in full.
@@ -215,7 +215,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
             "costly_set_s": costly, "costly_set_share": costly / u,
             "costly_set_cpu_s": costly_cpu, "costly_set_cpu_share": costly_cpu / uc,
             "trials_per_study": spec.search.total_trials, "epochs": cfg.train.epochs, "chart_draws_s": charts,
-            "system_metrics": system | {"cpu_share": system["cpu_s"] / uc, "wall_share": system["wall_s"] / u_wall}}
+            "system_metrics": system | {"cpu_share": system["cpu_s"] / uc, "wall_share": system["wall_s"] / u}}
 
 
 def system_metrics_cost(tracker: Any, parent: str, seconds: float, repeats: int) -> dict[str, float]:

@@ -95,15 +95,15 @@ def _requirements() -> list[str]:
 
 
 def _log_standalone(run: TrialRun, experiment_id: str, name: str, params: dict[str, str], step: int,
-                    model: models.VAEModel, example: np.ndarray) -> str:
+                    model: models.VAEModel, example: np.ndarray) -> None:
     # Not loaded back and run on the example as MLflow's Model.log would (a third of the
     # cost): the tests load and run the models instead.
-    return run.log_model(mlflow.pytorch, experiment_id, name, params, step, "pt2", pytorch_model=model,
-                         input_example=example, serialization_format="pt2", pip_requirements=_requirements())
+    run.log_model(mlflow.pytorch, experiment_id, name, params, step, "pt2", pytorch_model=model,
+                  input_example=example, serialization_format="pt2", pip_requirements=_requirements())
 
 
 def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, str], step: int,
-               model: models.VAEModel, example: np.ndarray, folder: Path) -> str:
+               model: models.VAEModel, example: np.ndarray, folder: Path) -> None:
     weights, config = folder / "weights.safetensors", folder / "config.json"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     config.write_text(json.dumps(model.config))
@@ -111,10 +111,10 @@ def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, s
         signature = infer_signature(example, model(torch.from_numpy(example)).numpy())
     with warnings.catch_warnings():  # the signature is given: an example would only be run
         warnings.filterwarnings("ignore", message=".*input example was not provided")
-        return run.log_model(mlflow.pyfunc, experiment_id, name, params, step, "vaebench", model_type=LIGHT_TYPE,
-                             python_model=str(LIGHT_MODEL),
-                             signature=signature, artifacts=dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)])),
-                             pip_requirements=[f"vaebench=={__version__}", *_requirements()])
+        run.log_model(mlflow.pyfunc, experiment_id, name, params, step, "vaebench", model_type=LIGHT_TYPE,
+                      python_model=str(LIGHT_MODEL),
+                      signature=signature, artifacts=dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)])),
+                      pip_requirements=[f"vaebench=={__version__}", *_requirements()])
 
 
 def has_full(run: TrialRun, standalone: bool = False) -> bool:

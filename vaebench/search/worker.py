@@ -175,15 +175,18 @@ class Worker:
         except ValueError:  # no complete trial
             return
         run_id = best.user_attrs.get(RUN_ATTR)
-        if not run_id or artifacts.has_full(self.tracker.run(run_id), standalone=True):
+        if not run_id:
             return
+        run = self.tracker.run(run_id)
+        if artifacts.has_full(run, standalone=True):
+            return
+        charts = not artifacts.has_full(run)  # read before the standalone model sets the run's model tags
         cfg = self.spec.with_params(self.spec.search.values(best.params))
         ds = pipeline.load_data(cfg, self.data_dir)
-        model = artifacts.load_weights(self.tracker.run(run_id), pipeline.build_model(cfg, ds))
+        model = artifacts.load_weights(run, pipeline.build_model(cfg, ds))
         name = tracking_ui.logged_model_name(best.number, self.spec.search.values(best.params))
-        artifacts.log_full(model, ds, self.tracker.run(run_id), self.tracker.experiment_id, name, cfg.flat(),
-                           step=cfg.train.epochs, standalone=True,
-                           charts=not artifacts.has_full(self.tracker.run(run_id)))
+        artifacts.log_full(model, ds, run, self.tracker.experiment_id, name, cfg.flat(),
+                           step=cfg.train.epochs, standalone=True, charts=charts)
 
     # -- one trial ----------------------------------------------------------------------
 
