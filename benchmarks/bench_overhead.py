@@ -13,7 +13,7 @@
        overhead per trial = (wall time - time in fit and evaluate) / trials
 
    is what Optuna, MLflow, the data cache, model building and the artifacts (see
-   vaebench.artifacts; `--artifacts best`: the costly set once, for the best trial) cost,
+   vaebench.tracking.artifacts; `--artifacts best`: the costly set once, for the best trial) cost,
    with the artifacts also shown on their own.
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
@@ -28,7 +28,7 @@
    trials. Those shares move by several percent from round to round on a shared machine,
    so the time inside each tracking call on the default trial's critical path is also
    given (wall and CPU), with the costly set (charts + model) on its own: the 3% target's
-   measure. Its trials' charts are blitted (vaebench.figures); a study's worker draws its
+   measure. Its trials' charts are blitted (vaebench.tracking.charts); a study's worker draws its
    first two in full, timed apart and spread over the study's trials like the pt2 model.
    MLflow's system metrics are also timed alone, around an idle block as long as a trial.
 
@@ -47,7 +47,13 @@ from typing import Any
 
 from common import median, print_table, rotated, timed, write_report
 
-from vaebench import artifacts, config, figures, metrics, search, tracking, tracking_ui, train, trial
+from vaebench import config, metrics, search, tracking, train, trial
+
+from vaebench.tracking import artifacts
+
+from vaebench.tracking import charts
+
+from vaebench.tracking import ui as tracking_ui
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,10 +251,10 @@ def chart_draws(model: Any, ds: Any, repeats: int) -> dict[str, float]:
         for _ in range(repeats):
             for kind in ("full", "blitted"):
                 if kind == "full":
-                    figures._STATIC.clear()  # noqa: SLF001 - vaebench's own cache of static parts
+                    charts._STATIC.clear()  # noqa: SLF001 - vaebench's own cache of static parts
                 start = time.thread_time()
-                figures.latent_pca(means, labels, Path(tmp) / "pca.png")
-                figures.kl_per_dim(kl, Path(tmp) / "kl.png")
+                charts.latent_pca(means, labels, Path(tmp) / "pca.png")
+                charts.kl_per_dim(kl, Path(tmp) / "kl.png")
                 spent[kind].append(time.thread_time() - start)
     return {kind: median(values) for kind, values in spent.items()}
 

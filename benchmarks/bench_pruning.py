@@ -42,7 +42,7 @@ import torch
 from optuna.trial import TrialState
 
 from vaebench import config, search, tracking
-from vaebench.report import ci95
+from vaebench.report.stats import ci95
 
 
 def with_pruner(spec: config.StudySpec, pruner: str, trials: int | None, epochs: int | None,

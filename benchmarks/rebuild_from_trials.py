@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vaebench import config, report, significance
+from vaebench import config, report
+
+from vaebench.report import significance
 
 REPO = Path(__file__).resolve().parent.parent
 

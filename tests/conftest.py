@@ -64,3 +64,17 @@ def folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield tmp_path
     mlflow.set_tracking_uri(before)
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _dataset_registry() -> Iterator[None]:
+    """A dataset a test registers is gone after it: the registry is one dict shared by the
+    modules of vaebench.data, so it is restored in place."""
+    from vaebench import data
+
+    saved = dict(data.DATASETS)
+    yield
+    if data.DATASETS != saved:
+        data.DATASETS.clear()
+        data.DATASETS.update(saved)
+        data.clear_cache()

@@ -18,7 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from vaebench import schedules, validate
 from vaebench.errors import InputError
-from vaebench.literature import LiteratureSpec
+from vaebench.report.literature import LiteratureSpec
 from vaebench.studyfile import StudyLoader, format_validation_error
 from vaebench.validate import SettingError, shown
 

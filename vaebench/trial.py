@@ -11,12 +11,14 @@ from typing import Any, Callable
 
 import torch
 
-from vaebench import __version__, artifacts, checkpoint, data, manifest, metrics, models, train
+from vaebench import __version__, checkpoint, data, manifest, metrics, models, train
+
+from vaebench.tracking import artifacts
 from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig, choice_label
 from vaebench.errors import DivergenceError, InputError
 from vaebench.stores import short_reason
-from vaebench.board import TensorBoardRun
+from vaebench.tracking.tensorboard import TensorBoardRun
 from vaebench.tracking import TrialRun
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -16,16 +16,28 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vaebench.errors import StoreFailure
 from vaebench.search import recovery
-from vaebench import tracking_ui
+from vaebench.tracking import ui as tracking_ui
 from vaebench.search.attrs import INTERRUPTED, REASON_ATTR, RUN_ATTR
 from vaebench.stores import short_reason
 
 if TYPE_CHECKING:
-    from vaebench.search.worker import Worker
+    from vaebench.config import StudySpec
     from vaebench.tracking import TrialRun
 
 # What a store raises when it cannot be written (a full disk, a lost server or file).
 STORE_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, MlflowException, optuna.exceptions.StorageInternalError)
+
+
+class Worker(Protocol):
+    """What closing needs of a worker (search.worker.Worker fulfils it); a protocol, so that
+    this module does not import the worker that imports it."""
+
+    study: optuna.Study
+    tracker: Any  # tracking.StudyTracker
+    parent_id: str
+    spec: StudySpec
+    total: int
+    current: Any  # the trial being run, or None
 
 
 def store_error(exc: BaseException) -> BaseException | None:

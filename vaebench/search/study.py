@@ -10,7 +10,9 @@ from typing import Any
 
 import optuna
 
-from vaebench import checkpoint, manifest, tracking_ui, train
+from vaebench import checkpoint, manifest, train
+
+from vaebench.tracking import ui as tracking_ui
 from vaebench import trial as pipeline
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
@@ -71,7 +73,7 @@ def run_study(
     `ckpt_options` (default: every epoch, in `checkpoint_folder`) says where running trials
     keep their checkpoints; a trial re-run after Ctrl-C, kill -9 or a lost worker goes on from
     its last one, in the same MLflow child run. `artifacts_mode` "all" gives every trial the
-    costly artifacts (see vaebench.artifacts), "best" only the best trial. `system_metrics`: MLflow's
+    costly artifacts (see vaebench.tracking.artifacts), "best" only the best trial. `system_metrics`: MLflow's
     system metrics on every trial's run. `command` is what
     the manifest records as the command line (default: this process's). `fresh` starts the
     study over (see consistency.start_fresh); without it, stores that disagree about the study

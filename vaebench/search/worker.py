@@ -22,7 +22,15 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from vaebench import artifacts, checkpoint, interrupt, mlflow_view, train, tracking_ui
+from vaebench import checkpoint, train
+
+from vaebench.tracking import artifacts
+
+from vaebench.search import interrupt
+
+from vaebench.tracking import view as mlflow_view
+
+from vaebench.tracking import ui as tracking_ui
 from vaebench import tracking as tk
 from vaebench import trial as pipeline
 from vaebench.config import StudySpec
@@ -30,7 +38,7 @@ from vaebench.errors import DivergenceError
 from vaebench.search import closing, internals, recovery
 from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
 from vaebench.search.space import GridSampler, suggest
-from vaebench.board import TensorBoardRun
+from vaebench.tracking.tensorboard import TensorBoardRun
 from vaebench.tracking import StudyTracker, TrialRun
 
 

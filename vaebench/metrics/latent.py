@@ -1,0 +1,126 @@
+"""Latent structure: clustering scores, the linear probe and active units, as pure functions
+over code arrays, and `latent_scores` on a model's posterior means."""
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import (
+    adjusted_rand_score,
+    confusion_matrix,
+    normalized_mutual_info_score,
+    silhouette_score,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+from torch import Tensor, nn
+
+from vaebench.metrics.likelihood import posterior_means
+
+if TYPE_CHECKING:
+    from vaebench.data import Dataset, Split
+
+LATENT_SCORES = ("nmi", "ari", "cluster_acc", "silhouette", "probe_acc")
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[z_d|x]) above this is "active"
+
+
+# --- pure metrics over arrays -------------------------------------------------------------
+
+
+def cluster_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction correct under the best one-to-one map of cluster ids to labels (Hungarian),
+    since cluster ids are arbitrary."""
+    counts = confusion_matrix(labels, pred)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / counts.sum())
+
+
+def label_silhouette(latents: np.ndarray, labels: np.ndarray, seed: int = 0, max_points: int = 2000) -> float:
+    """Silhouette of the TRUE classes in latent space (how separated they are), on a seeded
+    random subsample of at most `max_points` (it is quadratic); NaN when undefined."""
+    n_labels = np.unique(labels).size
+    if not 2 <= n_labels < len(labels):
+        return math.nan
+    sample_size = max_points if len(labels) > max_points else None
+    return float(silhouette_score(latents, labels, sample_size=sample_size, random_state=seed))
+
+
+PARTITION_SCORES: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "nmi": normalized_mutual_info_score,
+    "ari": adjusted_rand_score,
+    "cluster_acc": cluster_accuracy,
+}
+
+
+def clustering_scores(
+    latents: np.ndarray,
+    labels: np.ndarray,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    silhouette_max: int = 2000,
+) -> dict[str, float]:
+    """k-means on the latents scored against the labels (nmi, ari, cluster_acc), plus the
+    silhouette of the labels themselves. k defaults to the number of distinct labels."""
+    k = n_clusters if n_clusters is not None else np.unique(labels).size
+    # One OpenMP thread: latent sets are small, and with busy cores (parallel trials, torch
+    # threads) KMeans' OpenMP barriers made it ~200x slower in measurements.
+    with threadpool_limits(limits=1, user_api="openmp"):
+        pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(latents)
+    scores = {name: float(score(labels, pred)) for name, score in PARTITION_SCORES.items()}
+    scores["silhouette"] = label_silhouette(latents, labels, seed, silhouette_max)
+    return scores
+
+
+def probe_accuracy(
+    train_latents: np.ndarray,
+    train_labels: np.ndarray,
+    test_latents: np.ndarray,
+    test_labels: np.ndarray,
+    seed: int = 0,
+) -> float:
+    """Test accuracy of a linear probe (standardised logistic regression): how linearly
+    decodable the labels are from the codes."""
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed))
+    probe.fit(train_latents, train_labels)
+    return float(probe.score(test_latents, test_labels))
+
+
+def active_units_from_means(means: np.ndarray, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
+    """Latent dims whose posterior mean varies across inputs: Var_x(E_q[z_d|x]) > threshold
+    (Burda et al., 2015). An inactive dim encodes nothing: its posterior is the same for
+    every x. Population variance (ddof=0) over the rows of `means` (N, latent_dim)."""
+    return int((np.var(np.asarray(means, dtype=np.float64), axis=0) > threshold).sum())
+
+
+# --- evaluate -----------------------------------------------------------------------------
+
+
+def active_units(
+    model: nn.Module, x: Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD, batch_size: int = 1024
+) -> int:
+    """Number of active latent dims of `model` on `x` (see active_units_from_means)."""
+    return active_units_from_means(posterior_means(model, x, batch_size), threshold)
+
+
+def latent_scores(
+    model: nn.Module, ds: Dataset, split: Split, batch_size: int = 1024, seed: int = 0, codes: np.ndarray | None = None
+) -> dict[str, float]:
+    """Clustering and linear-probe scores on posterior means of `split` (`codes` if already
+    computed); the probe is trained on the train split. NaN everywhere if the codes are not
+    finite."""
+    codes = posterior_means(model, split.x, batch_size) if codes is None else codes
+    train_codes = posterior_means(model, ds.train.x, batch_size)
+    if not (np.isfinite(codes).all() and np.isfinite(train_codes).all()):
+        return dict.fromkeys(LATENT_SCORES, math.nan)
+    labels = split.y.numpy()
+    # One BLAS/OpenMP thread for scikit-learn's small problems: multi-threaded, their pools
+    # spin-wait after the work and slow down whatever torch runs next by ~70 ms.
+    with threadpool_limits(limits=1):
+        scores = clustering_scores(codes, labels, seed=seed)
+        scores["probe_acc"] = probe_accuracy(train_codes, ds.train.y.numpy(), codes, labels, seed)
+    return scores
