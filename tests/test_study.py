@@ -204,7 +204,9 @@ def test_bad_study_file_exits_2_with_one_line_and_writes_nothing(tmp_path: Path)
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
     result = vaebench(tmp_path, "run", "--study", "bad.yaml")
     assert result.returncode == 2
-    assert result.stderr.strip() == "vaebench: error: bad.yaml: model.latnt_dim: unknown setting"
+    assert result.stderr.strip() == ("vaebench: error: bad.yaml: model.latnt_dim: unknown setting for arch 'mlp' with "
+                                     "objective 'beta_vae' (it takes: activation, arch, beta, hidden, latent_dim, "
+                                     "likelihood, objective)")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
 
 

@@ -75,10 +75,16 @@ class DatasetSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    """The model: a registered architecture trained with an objective and a likelihood, or a
+    whole model (a plugin's, bringing its own loss). Hyperparameters beyond the named fields are
+    accepted when the registry declares them (by signature), so a plugin's model takes its own."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
     arch: str = "mlp"
-    objective: str = "vae"
+    objective: str | None = None  # vae for an architecture; none for a whole model
     latent_dim: int = Field(10, ge=1)
-    likelihood: str = "bernoulli"
+    likelihood: str | None = None  # bernoulli for an architecture; none for a whole model
     beta: float | None = Field(None, ge=0)
     alpha: float | None = Field(None, ge=0, description="beta_tcvae: weight of the index-code MI")
     gamma: float | None = Field(None, ge=0, description="beta_tcvae: dim-wise KL weight; annealed_vae: |KL - C| weight")
@@ -94,27 +100,49 @@ class ModelSpec(_Strict):
         fixed = {"arch", "objective", "latent_dim", "likelihood"}
         return {k: v for k, v in self.model_dump().items() if k not in fixed and v is not None}
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, raw: Any) -> Any:
+        """An architecture trains as a VAE with a Bernoulli likelihood unless told otherwise."""
+        from vaebench import models
+
+        if isinstance(raw, dict) and isinstance(raw.get("arch", "mlp"), str):
+            try:
+                whole = models.is_whole_model(raw.get("arch", "mlp"))
+            except ValueError as exc:
+                raise ValueError(f"arch: {exc}") from None
+            if not whole:
+                raw = {"objective": "vae", "likelihood": "bernoulli"} | {k: v for k, v in raw.items() if v is not None
+                                                                         or k not in ("objective", "likelihood")}
+        return raw
+
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
         from vaebench import models
 
-        for kind, name, known in (
-            ("arch", self.arch, models.ARCHITECTURES),
-            ("objective", self.objective, models.OBJECTIVES),
-            ("likelihood", self.likelihood, models.LIKELIHOODS),
-        ):
-            if name not in known:
-                raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
+        if models.is_whole_model(self.arch):
+            for key in ("objective", "likelihood"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key}: model {self.arch!r} brings its own loss; leave {key} out")
+        else:
+            for kind, name, known in (
+                ("arch", self.arch, models.ARCHITECTURES),
+                ("objective", self.objective, models.OBJECTIVES),
+                ("likelihood", self.likelihood, models.LIKELIHOODS),
+            ):
+                if name not in known:
+                    raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}")
         if self.activation is not None and self.activation not in models.ACTIVATIONS:
             raise ValueError(f"activation: unknown {self.activation!r}; known: {', '.join(sorted(models.ACTIVATIONS))}")
-        defaults = models.arch_hparams(self.arch) | models.objective_hparams(self.objective)
+        defaults = models.arch_hparams(self.arch)
+        if self.objective is not None:
+            defaults = defaults | models.objective_hparams(self.objective)
         for key, value in self.hparams().items():
             if key not in defaults:
-                raise ValueError(
-                    f"{key!r} does not apply to arch {self.arch!r} with objective {self.objective!r}"
-                    f" (they take: {', '.join(sorted(defaults)) or 'nothing'})"
-                )
-            if isinstance(defaults[key], tuple) != isinstance(value, tuple):  # a width vs a list of widths
+                what = f"arch {self.arch!r} with objective {self.objective!r}" if self.objective else f"model {self.arch!r}"
+                takes = ", ".join(sorted({"arch", "latent_dim", *(("objective", "likelihood") if self.objective else ()), *defaults}))
+                raise SettingError(f"model.{key}", f"unknown setting for {what} (it takes: {takes})")
+            if isinstance(defaults[key], tuple) != isinstance(value, (tuple, list)):  # a width vs a list of widths
                 raise ValueError(f"{key}: arch {self.arch!r} takes {'a list' if isinstance(defaults[key], tuple) else 'one number'}"
                                  f", like {list(defaults[key]) if isinstance(defaults[key], tuple) else defaults[key]}")
         return self
@@ -244,6 +272,7 @@ class StudySpec(_Strict):
     eval: EvalSpec = EvalSpec()
     search: SearchSpec
     literature: LiteratureSpec | None = None  # published numbers the report compares with
+    plugins: tuple[str, ...] = ()  # the user's model files, next to the study file; loaded (run) before validation
 
     @model_validator(mode="after")
     def _literature_measured(self) -> StudySpec:
@@ -267,7 +296,8 @@ class StudySpec(_Strict):
             except ValidationError as exc:
                 raise SettingError(where, format_validation_error(exc, tree)) from None
             has_val = cfg.dataset.val_fraction > 0
-            if metric not in validate.epoch_metrics(cfg.model.objective not in DETERMINISTIC_OBJECTIVES, has_val):
+            variational = cfg.model.objective not in DETERMINISTIC_OBJECTIVES  # a whole model: told by its record
+            if metric not in validate.epoch_metrics(variational, has_val):
                 why = (f"objective {cfg.model.objective!r}" if has_val else
                        "a study without a validation split (dataset.val_fraction 0): optimise a train_ metric such "
                        "as train_loss (direction minimize), or set a val_fraction")
@@ -283,7 +313,7 @@ class StudySpec(_Strict):
 
     def trial_tree(self, params: dict[str, Any]) -> dict[str, Any]:
         """This study's settings (without search) as a tree, `params` set at their dotted keys."""
-        tree = self.model_dump(exclude={"search", "literature"})
+        tree = self.model_dump(exclude={"search", "literature", "plugins"})
         for key, value in params.items():
             *parents, leaf = key.split(".")
             node = tree
@@ -291,7 +321,7 @@ class StudySpec(_Strict):
                 if not isinstance(node.get(part), dict):
                     raise ValueError(f"search.space.{key}: no such setting")
                 node = node[part]
-            if leaf not in node:
+            if leaf not in node and parents != ["model"]:  # the model takes what its registry declares
                 raise ValueError(f"search.space.{key}: no such setting")
             if isinstance(value, dict):
                 if not isinstance(node[leaf], dict):
@@ -362,6 +392,9 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
             raw["name"] = validate.check_name(path.stem)
         except ValueError as exc:
             raise InputError(f"{path}: name: {exc} (it comes from the file name: set `name:` in the file)") from None
+    from vaebench.models import plugins  # runs the user's files: only when a study names them
+
+    plugins.load_listed(raw.get("plugins", ()), path)
     try:
         return StudySpec.model_validate(raw), path
     except ValidationError as exc:

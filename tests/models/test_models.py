@@ -255,7 +255,7 @@ def test_build_rejects_bad_latent_dim(latent_dim):
 
 
 def test_introspection_and_config_roundtrip():
-    assert models.describe() == {"architectures": ["conv", "mlp", "tutorial_mlp"],
+    assert models.describe() == {"architectures": ["conv", "mlp", "tutorial_mlp"], "models": [],
                                  "activations": ["elu", "relu", "softplus", "tanh"],
                                  "objectives": ["ae", "annealed_vae", "beta_tcvae", "beta_vae", "iwae", "vae"],
                                  "likelihoods": ["bernoulli", "discretized_logistic", "gaussian"]}

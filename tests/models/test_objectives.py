@@ -209,8 +209,8 @@ def test_model_spec_forwards_the_new_hparams(objective, hparams):
 
 
 @pytest.mark.parametrize("fields,problem", [
-    ({"objective": "vae", "k": 5}, "'k' does not apply"),
-    ({"objective": "annealed_vae", "beta": 4.0}, "'beta' does not apply"),
+    ({"objective": "vae", "k": 5}, "model.k: unknown setting"),
+    ({"objective": "annealed_vae", "beta": 4.0}, "model.beta: unknown setting"),
     ({"objective": "iwae", "k": 0}, "greater than or equal to 1"),
     ({"objective": "annealed_vae", "c_steps": 0}, "greater than or equal to 1"),
     ({"objective": "beta_tcvae", "alpha": -1.0}, "greater than or equal to 0"),

@@ -1,4 +1,5 @@
-"""Models: architecture x objective x likelihood, composed by `build()` into a VAEModel.
+"""Models: architecture x objective x likelihood, composed by `build()` into a VAEModel, or a
+whole model brought by a plugin; every one fulfils the contract of base.py (docs/models.md).
 
     from vaebench import models
     m = models.build(arch="mlp", objective="beta_vae", latent_dim=10, beta=4.0,
@@ -6,13 +7,33 @@
     record = m.loss(x)          # LossRecord: loss, recon, kl, elbo
 """
 from .architectures import ACTIVATIONS, ARCHITECTURES
-from .base import LossRecord, gaussian_kl, gaussian_kl_per_dim, reparameterize
+from .base import (
+    CAPABILITIES,
+    LossRecord,
+    capabilities,
+    diagonal_gaussian,
+    gaussian_kl,
+    gaussian_kl_per_dim,
+    kl_divergence,
+    lacks,
+    reparameterize,
+    standard_normal,
+)
 from .likelihoods import LIKELIHOODS
 from .model import VAEModel
 from .objectives import OBJECTIVES
-from .registry import arch_hparams, build, describe, objective_hparams
+from .registry import MODELS, arch_hparams, build, describe, is_whole_model, objective_hparams, register
 
 __all__ = [
+    "CAPABILITIES",
+    "MODELS",
+    "capabilities",
+    "diagonal_gaussian",
+    "is_whole_model",
+    "kl_divergence",
+    "lacks",
+    "register",
+    "standard_normal",
     "ACTIVATIONS",
     "ARCHITECTURES",
     "LIKELIHOODS",

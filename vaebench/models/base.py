@@ -1,8 +1,11 @@
-"""The model contract every architecture x objective pair fulfils.
+"""The model contract: what every model, built-in or brought by the user, fulfils.
 
-A model is an encoder/decoder pair (the architecture), a likelihood p(x|z) and an
-objective. Everything above this file (train, metrics, tracking) speaks only in these
-terms, so a new objective or architecture never touches train.py.
+A model is an nn.Module with `loss(x, kl_weight=1.0, generator=None) -> LossRecord` and
+`reconstruct(x)`, and it declares its other capabilities (CAPABILITIES): a posterior, a prior,
+a likelihood, sampling, codes. Built-in models compose an encoder/decoder pair (the
+architecture), a likelihood p(x|z) and an objective. Everything above this file (train,
+metrics, tracking) speaks only in these terms, so a new model never touches train.py.
+The whole contract, with examples: docs/models.md.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
+from torch.distributions import Distribution, Independent, Normal
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -59,3 +63,58 @@ def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 Objective = Callable[..., LossRecord]
+
+
+# --- capabilities ----------------------------------------------------------------------------
+# A model declares what it can do in `capabilities`; every metric, chart and artifact asks for
+# the capability it needs, and a model without it gets NaN there with the reason, never a 0.
+
+CAPABILITIES: dict[str, str] = {
+    "elbo": "its loss record carries the ELBO terms recon, kl, elbo (nats per example)",
+    "posterior": "q(z|x) as a torch distribution: posterior(x); Gaussian ones may also encode(x) -> (mu, logvar)",
+    "prior": "p(z) as a torch distribution with log_prob and sample: prior()",
+    "likelihood": "log p(x|z) per example: log_likelihood(x, z), z with leading sample dimensions",
+    "sample": "images in [0, 1] from the prior: sample(n, generator)",
+    "codes": "the codes latent metrics read, (B, D): codes(x) (posterior means, quantised codes)",
+}
+# What an importance-weighted likelihood needs: log p(x|z) + log p(z) - log q(z|x).
+IWAE_NEEDS = ("posterior", "prior", "likelihood")
+
+
+def capabilities(model: object) -> frozenset[str]:
+    """The capabilities `model` declares (an unknown name is an error: a typo would silently
+    turn a metric off)."""
+    declared = frozenset(getattr(model, "capabilities", ()))
+    unknown = declared - set(CAPABILITIES)
+    if unknown:
+        raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {', '.join(CAPABILITIES)}")
+    return declared
+
+
+def lacks(model: object, *needed: str) -> str | None:
+    """None when `model` has every capability in `needed`, else the reason a metric that needs
+    them is skipped, e.g. `skipped: no posterior`."""
+    missing = [c for c in needed if c not in capabilities(model)]
+    return f"skipped: no {', '.join(missing)}" if missing else None
+
+
+def standard_normal(latent_dim: int, like: Tensor | None = None) -> Distribution:
+    """N(0, I) over a `latent_dim` vector: the default prior."""
+    zeros = torch.zeros(latent_dim) if like is None else torch.zeros(latent_dim, dtype=like.dtype, device=like.device)
+    return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+
+def diagonal_gaussian(mu: Tensor, logvar: Tensor) -> Distribution:
+    """q(z|x) = N(mu, diag exp(logvar)) as a torch distribution over the last dimension."""
+    return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+
+def kl_divergence(q: Distribution, p: Distribution, samples: int = 64) -> tuple[Tensor, str]:
+    """KL(q || p) per example and how it was computed: analytic where torch knows the closed
+    form, else a Monte Carlo mean of log q(z) - log p(z) over `samples` draws of z ~ q (the
+    method says how many)."""
+    try:
+        return torch.distributions.kl_divergence(q, p), "analytic"
+    except NotImplementedError:
+        z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
+        return (q.log_prob(z) - p.log_prob(z)).mean(0), f"monte carlo, {samples} samples"

@@ -9,13 +9,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
-from .base import LossRecord
-from .objectives import DETERMINISTIC_OBJECTIVES, OBJECTIVES
+from .base import CAPABILITIES, LossRecord, diagonal_gaussian, standard_normal
+from .objectives import OBJECTIVE_CAPABILITIES, OBJECTIVES
 
 
 class VAEModel(nn.Module):
-    """encoder q(z|x), decoder + likelihood p(x|z), prior N(0, I), trained by `objective`."""
+    """encoder q(z|x), decoder + likelihood p(x|z), prior N(0, I), trained by `objective`;
+    the built-in form of the model contract (models/base.py)."""
 
     def __init__(
         self,
@@ -64,6 +66,25 @@ class VAEModel(nn.Module):
             self, x, kl_weight=kl_weight, generator=generator, **self.objective_hparams
         )
 
+    def posterior(self, x: Tensor) -> Distribution:
+        """q(z|x) = N(mu, diag exp(logvar)) as a torch distribution."""
+        return diagonal_gaussian(*self.encode(x))
+
+    def prior(self) -> Distribution:
+        """p(z) = N(0, I)."""
+        return standard_normal(self.latent_dim, next(self.parameters()))
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) for z (..., B, latent_dim): (..., B), summed over pixels, nats."""
+        lead = z.shape[:-2]
+        flat = z.reshape(-1, z.shape[-1])
+        xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
+        return -self.nll(self.decode(flat), xs).view(*lead, x.shape[0])
+
+    def codes(self, x: Tensor) -> Tensor:
+        """The posterior means mu(x): the codes the latent metrics read."""
+        return self.encode(x)[0]
+
     # Pictures ------------------------------------------------------------------------
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x | z = posterior mean], in [0, 1]."""
@@ -82,9 +103,14 @@ class VAEModel(nn.Module):
 
     # Facts ---------------------------------------------------------------------------
     @property
+    def capabilities(self) -> frozenset[str]:
+        """What this model can do: everything, unless its objective says less."""
+        return OBJECTIVE_CAPABILITIES.get(self.objective, frozenset(CAPABILITIES))
+
+    @property
     def is_variational(self) -> bool:
         """True when the objective has a posterior (and hence KL, ELBO and prior samples)."""
-        return self.objective not in DETERMINISTIC_OBJECTIVES
+        return "elbo" in self.capabilities
 
     @property
     def n_params(self) -> int:

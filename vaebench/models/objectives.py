@@ -240,8 +240,14 @@ OBJECTIVES: dict[str, Objective] = {
     "iwae": iwae,
 }
 
-# Objectives without an approximate posterior: no KL, no ELBO, no sampling from the prior.
-DETERMINISTIC_OBJECTIVES: frozenset[str] = frozenset({"ae"})
+# What a model trained with each objective can do (models/base.py CAPABILITIES); an objective
+# not named here has a Gaussian posterior and everything else.
+OBJECTIVE_CAPABILITIES: dict[str, frozenset[str]] = {
+    "ae": frozenset({"codes"}),  # no posterior: no KL, no ELBO, no sampling from the prior
+}
+DETERMINISTIC_OBJECTIVES: frozenset[str] = frozenset(
+    name for name, caps in OBJECTIVE_CAPABILITIES.items() if "elbo" not in caps
+)
 
 # State an objective keeps on the model, added by models.build() right after construction.
 OBJECTIVE_SETUP: dict[str, Callable[[nn.Module], None]] = {
