@@ -129,11 +129,8 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
 
     def untracked() -> None:
         model = trial.build_model(cfg, ds)
-        train.fit(model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-                  seed=cfg.seed, grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
-                  device=cfg.device, eval_batch_size=cfg.eval.batch_size)
-        metrics.evaluate(model, ds, split="test", batch_size=cfg.eval.batch_size, seed=cfg.seed,
-                         iwae_k=cfg.eval.iwae_k)
+        train.fit(model, ds, **trial.fit_settings(cfg))
+        metrics.evaluate(model, ds, **trial.evaluate_settings(cfg))
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -169,7 +166,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
                  "log_dataset": (tracking_ui, "log_dataset"), "log_metrics": (tracking.TrialRun, "log_metrics"),
                  "cheap set": (artifacts, "log_trial"), "costly set": (artifacts, "log_full"),
                  "describe": (tracking_ui, "describe_run"), "finish": (tracking.TrialRun, "finish")}
-        parts = {"latent PCA chart": (figures, "latent_pca"), "KL chart": (figures, "kl_per_dim"),
+        parts = {"latent PCA chart": (charts, "latent_pca"), "KL chart": (charts, "kl_per_dim"),
                  "light model": (tracking.TrialRun, "log_model")}
         seconds: dict[str, list[float]] = {v: [] for v in variants}
         cpu: dict[str, list[float]] = {v: [] for v in variants}

@@ -176,6 +176,8 @@ class TrainSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     grad_clip: float | None = Field(None, gt=0)
     kl_warmup_epochs: int = Field(0, ge=0)
+    step: Literal["auto", "eager", "fused", "compiled"] = Field(
+        "auto", description="how an optimizer step runs (train.py): auto picks the fastest exact one")
 
     @model_validator(mode="after")
     def _within_schedule(self) -> TrainSpec:

@@ -7,11 +7,33 @@ epoch's metrics and may raise (a pruner does) to stop the trial.
 
 The step loop is kept as lean as a hand-written one (benchmarks/bench_throughput.py holds it
 to >= 0.95x of one): nothing in it calls `.item()` or synchronises, the KL warm-up factor is
-computed only when there is a warm-up, and Adam runs its multi-tensor (`foreach`) kernels,
-which give bit-for-bit the same parameters as the default per-tensor loop on CPU at a lower
-per-step cost. Speed-ups that change the numbers are opt-in: `channels_last` (conv models),
-`bf16` autocast, `compile`. On CUDA the data moves once, through pinned memory with
-non-blocking copies; on CPU those paths are skipped.
+computed only when there is a warm-up, and batches are gathered and binarised into buffers
+allocated once. How a step runs is `step` (benchmarks/bench_step.py measures each, one thread):
+
+- `eager`: the loss in eager mode, Adam's multi-tensor (`foreach`) kernels, bit for bit the
+  textbook loop with a default `torch.optim.Adam` (what fit did before `step` existed).
+- `fused`: the loss in eager mode, Adam's one fused kernel called directly (the same kernel
+  and numbers as `Adam(fused=True)`, without its per-step Python); 1.3-1.5x the eager step.
+  Fused and foreach Adam round differently, so the numbers differ from `eager` in the last
+  bits of a step and, over a trial, like a change of seed's noise at a far smaller scale.
+- `compiled`: `fused` with the loss (forward and backward) compiled by torch.compile, with no
+  graph break: the noise generator's state is lent to the default generator around the call
+  and inductor draws through aten (`fallback_random`), so every random number is the eager
+  one. Compiling is a fresh start (`torch.compiler.reset()`: no state from earlier fits, so
+  a resumed trial compiles what the uninterrupted one did) and takes 5-25 s; on CPU the step
+  is then 1.6-1.8x the eager one on the IWAE paper's net at batch 20. Not with KL warm-up
+  (the weight changes every step) or `bf16`.
+- `auto` (the default): `compiled` on CPU when the fit has at least COMPILE_MIN_STEPS steps
+  (epochs x steps per epoch, where compile time is paid back many times over: a 121-pass
+  Burda run has 363,000) and no KL warm-up or bf16, else `fused` (on CPU and CUDA; `eager`
+  elsewhere). The rule reads only the fit's arguments, so a config always gets the same step.
+
+Every kind gives bit-identical numbers for the same seed on the same machine, and a resumed
+fit goes on with the kind its checkpoint was started with (a checkpoint from before `step`
+existed goes on `eager`), so it ends exactly like the uninterrupted one. Other speed-ups that
+change the numbers are opt-in: `channels_last` (conv models), `bf16` autocast. On CUDA the
+data moves once, through pinned memory with non-blocking copies; on CPU those paths are
+skipped.
 """
 from __future__ import annotations
 
@@ -40,6 +62,7 @@ class History:
     epochs: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0  # optimisation steps only: no validation, no logging
     samples_seen: int = 0
+    step: str = "eager"  # the kind of step fit ran (see the module's docstring)
 
     @property
     def train_samples_per_s(self) -> float:
@@ -74,6 +97,92 @@ def to_device(t: torch.Tensor, dev: torch.device, channels_last: bool = False) -
     if dev.type == "cuda" and t.device.type == "cpu":
         return t.pin_memory().to(dev, non_blocking=True)
     return t.to(dev)
+
+
+STEPS = ("auto", "eager", "fused", "compiled")
+COMPILE_MIN_STEPS = 100_000  # `auto` compiles a fit with at least this many steps (CPU)
+
+
+def choose_step(step: str, dev: torch.device, total_steps: int, *, kl_warmup: bool = False,
+                bf16: bool = False) -> str:
+    """The kind of step `fit` runs (see the module's docstring); `auto` by the documented rule."""
+    if step not in STEPS:
+        raise ValueError(f"step: {step!r} is not one of {', '.join(STEPS)}")
+    if step == "compiled" and (kl_warmup or bf16):
+        raise ValueError("step 'compiled' needs a constant KL weight and no bf16 autocast")
+    if step != "auto":
+        return step
+    if dev.type == "cpu" and not kl_warmup and not bf16 and total_steps >= COMPILE_MIN_STEPS:
+        return "compiled"
+    return "fused" if dev.type in ("cpu", "cuda") else "eager"
+
+
+def make_optimizer(params: Any, kind: str, dev: torch.device, lr: float, eps: float) -> torch.optim.Adam:
+    """Adam for a step kind: foreach for `eager` (bit for bit the default per-tensor loop on CPU,
+    fewer kernel calls), the fused kernel otherwise."""
+    if kind == "eager":
+        return torch.optim.Adam(params, lr=lr, eps=eps, foreach=dev.type in ("cpu", "cuda") or None)
+    return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
+
+
+def fused_adam_step(optimizer: torch.optim.Adam) -> None:
+    """`optimizer.step()` of a fused Adam, calling its kernel directly: the same kernel with the
+    same arguments as Adam's own `_fused_adam` (so bit for bit the same update; tested), without
+    the ~0.15 ms of Python that Adam.step spends per call, 10% of a step at batch 20.
+    `torch._fused_adam_` is torch's private op (in torch since 2.0, on CPU since 2.4): this is
+    its one use. The first step (no state yet) and any unusual group go through Adam.step."""
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [optimizer.state.get(p) for p in params]
+        if (not all(states) or group["amsgrad"] or group["maximize"] or group["weight_decay"]
+                or group["differentiable"] or group.get("decoupled_weight_decay") or not group["fused"]
+                or any(p.device.type != "cpu" for p in params)):
+            optimizer.step()
+            return
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        states = [optimizer.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adam_(
+            params, [p.grad for p in params], [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+            [], steps, amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=0.0,
+            eps=group["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+
+def compiled_loss(model: VAEModel, dev: torch.device) -> Callable[..., Any]:
+    """model.loss compiled whole (forward and backward), drawing exactly the eager noise.
+
+    A torch.Generator cannot enter a compiled graph (dynamo breaks the graph there, which made
+    the step slower than eager), so the loss is compiled with `generator=None`, the noise
+    generator's state is lent to the device's default generator for the call and taken back
+    after, and inductor draws through aten's own kernels (`fallback_random`): the same numbers
+    from the same state as eager. The caller's default generator is left as it was. Compiled
+    once per input shape (`dynamic=False`: a static graph never depends on the shapes seen
+    before), after `torch.compiler.reset()`, so no earlier fit's graphs count towards dynamo's
+    recompile limit (past it dynamo would fall back to eager, depending on the process's history).
+    Called only in train mode on a model whose modules do not change, so the guards on the
+    modules are skipped (the input's shape is still guarded).
+    """
+    torch.compiler.reset()
+    default = torch.cuda.default_generators[dev.index or 0] if dev.type == "cuda" else torch.default_generator
+    options: dict[str, Any] = {"fallback_random": True}
+    skip_module_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)  # torch >= 2.7
+    if skip_module_guards is not None:  # one model, always in train mode, its structure fixed: ~3% of a step
+        options["guard_filter_fn"] = skip_module_guards
+    compiled = torch.compile(lambda xb: model.loss(xb, generator=None), dynamic=False, options=options)
+
+    def loss(xb: torch.Tensor, kl_weight: float = 1.0, generator: torch.Generator | None = None) -> Any:
+        outside = default.get_state()
+        default.set_state(generator.get_state())  # type: ignore[union-attr]
+        try:
+            return compiled(xb)
+        finally:
+            generator.set_state(default.get_state())  # type: ignore[union-attr]
+            default.set_state(outside)
+
+    return loss
 
 
 def validation_metrics(
@@ -125,7 +234,7 @@ def fit(
     checkpointing: Checkpointing | None = None,
     channels_last: bool = False,
     bf16: bool = False,
-    compile: bool = False,
+    step: str = "auto",
 ) -> History:
     """Adam on the train split; validation ELBO terms after every epoch (none when the
     dataset has no validation split).
@@ -139,11 +248,11 @@ def fit(
     the epoch, history) is handed to its `save`, and a run resumed from such a state ends
     with exactly the parameters and metrics of an uninterrupted one on CPU.
 
-    Opt-in speed-ups, each of which changes the numbers slightly (rounding), so none is on
-    by default: `channels_last` stores conv weights and images NHWC (about +10% reported
-    for the conv VAE on CPU; 0-4% measured with one thread); `bf16` runs the forward pass
-    under bfloat16 autocast (meant for CUDA); `compile` wraps the loss in torch.compile
-    (tens of seconds to compile; slower than eager for these small models on CPU).
+    `step` is how a step runs: `auto` (the default), `eager`, `fused` or `compiled`, as the
+    module's docstring says; a resumed fit runs the kind its checkpoint names. Opt-in
+    speed-ups, each of which changes the numbers slightly (rounding): `channels_last` stores
+    conv weights and images NHWC (about +10% reported for the conv VAE on CPU; 0-4% measured
+    with one thread); `bf16` runs the forward pass under bfloat16 autocast (meant for CUDA).
     """
     dev = resolve_device(device)
     if channels_last:
@@ -154,26 +263,35 @@ def fit(
     n = x_train.shape[0]
     gen = torch.Generator().manual_seed(seed)  # shuffling (always on CPU)
     noise = gen if dev.type == "cpu" else torch.Generator(device=dev).manual_seed(seed)
-    # foreach: the same update as the per-tensor loop (bit for bit on CPU), fewer kernel calls.
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=adam_eps, foreach=dev.type in ("cpu", "cuda") or None)
     schedule = schedule or schedules.constant(lr)
     steps_per_epoch = math.ceil(n / batch_size)
+    resume = checkpointing.resume if checkpointing else None
+    kind = (resume.get("step_kind", "eager") if resume else  # a run goes on as it started
+            choose_step(step, dev, epochs * steps_per_epoch, kl_warmup=kl_warmup_epochs > 0, bf16=bf16))
+    params = list(model.parameters())
+    optimizer = make_optimizer(params, kind, dev, lr, adam_eps)
+    optimizer_step = optimizer.step if kind == "eager" else lambda: fused_adam_step(optimizer)
     batch_sizes = torch.tensor(
         [min(batch_size, n - step * batch_size) for step in range(steps_per_epoch)], dtype=torch.float64
     )
     dynamic = ds.binarize == "dynamic"
-    loss_fn = torch.compile(model.loss) if compile else model.loss
+    loss_fn = compiled_loss(model, dev) if kind == "compiled" else model.loss
+    # Batches are gathered (and binarised) into buffers allocated once: the same values as
+    # x_train[idx] and torch.bernoulli(xb), without an allocation per step (not for NHWC).
+    gathered = None if channels_last else x_train.new_empty((min(batch_size, n), *x_train.shape[1:]))
+    binary = None if gathered is None or not dynamic else torch.empty_like(gathered)
     autocast = (
         torch.autocast(device_type=dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     )
-    history = History()
+    history = History(step=kind)
     first_epoch, first_step, order, losses = 1, 0, None, []
-    if checkpointing and checkpointing.resume:
-        first_epoch, first_step, order, losses = _restore(checkpointing.resume, model, optimizer, gen, noise, history, dev)
+    if resume:
+        first_epoch, first_step, order, losses = _restore(resume, model, optimizer, gen, noise, history, dev)
 
     def state(epoch: int, step: int, order: torch.Tensor | None, losses: list[torch.Tensor]) -> dict[str, Any]:
         return {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "step": step,
+            "step_kind": kind,
             "rng": gen.get_state(), "noise_rng": None if noise is gen else noise.get_state(),
             "order": order, "losses": torch.stack(losses) if losses else None,
             "history": {"epochs": history.epochs, "train_seconds": history.train_seconds,
@@ -191,18 +309,24 @@ def fit(
         if order is None:
             order = to_device(torch.randperm(n, generator=gen), dev)
         for step in range(first_step, steps_per_epoch):
-            xb = x_train[order[step * batch_size : (step + 1) * batch_size]]
-            if dynamic:
-                xb = torch.bernoulli(xb, generator=noise)
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            if gathered is None:
+                xb = x_train[idx]
+                xb = torch.bernoulli(xb, generator=noise) if dynamic else xb
+            else:
+                xb = torch.index_select(x_train, 0, idx, out=gathered[: len(idx)])
+                if binary is not None:
+                    xb = torch.bernoulli(xb, generator=noise, out=binary[: len(idx)])
             if kl_warmup_epochs:
                 kl_weight = min(1.0, (epoch - 1 + step / steps_per_epoch) / kl_warmup_epochs)
             with autocast:
                 record = loss_fn(xb, kl_weight=kl_weight, generator=noise)
-            optimizer.zero_grad(set_to_none=True)
+            for p in params:  # optimizer.zero_grad(set_to_none=True) without its Python (5% of a step)
+                p.grad = None
             record.loss.backward()
             if grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
+            optimizer_step()
             losses.append(record.loss.detach())
             if every_s is not None and time.monotonic() - last_save >= every_s and step + 1 < steps_per_epoch:
                 history.train_seconds += time.perf_counter() - start

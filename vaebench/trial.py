@@ -103,6 +103,19 @@ def stage_evaluation(cfg: TrialConfig, model: models.VAEModel, ds: data.Dataset,
     return at_stage_end
 
 
+def fit_settings(cfg: TrialConfig) -> dict[str, Any]:
+    """The config's arguments to train.fit: written once, for the tracked trial and the benchmarks."""
+    t = cfg.train
+    return {"epochs": t.epochs, "batch_size": t.batch_size, "lr": t.lr, "seed": cfg.seed, "adam_eps": t.adam_eps,
+            "schedule": t.schedule.build(t.lr), "grad_clip": t.grad_clip, "kl_warmup_epochs": t.kl_warmup_epochs,
+            "device": cfg.device, "eval_batch_size": cfg.eval.batch_size, "step": t.step}
+
+
+def evaluate_settings(cfg: TrialConfig) -> dict[str, Any]:
+    """The config's arguments to metrics.evaluate on the test split."""
+    return {"split": "test", "batch_size": cfg.eval.batch_size, "seed": cfg.seed, "iwae_k": cfg.eval.iwae_k}
+
+
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
@@ -129,15 +142,8 @@ def train_and_evaluate(
         checkpointing = train.Checkpointing(
             save, resume=resume, every_epochs=options.every_epochs, min_seconds=options.min_seconds,
             every_seconds=None if options.every_minutes is None else 60 * options.every_minutes)
-    history = train.fit(
-        model, ds, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-        seed=cfg.seed, adam_eps=cfg.train.adam_eps, schedule=cfg.train.schedule.build(cfg.train.lr),
-        grad_clip=cfg.train.grad_clip, kl_warmup_epochs=cfg.train.kl_warmup_epochs,
-        callbacks=[*loggers, *callbacks], device=cfg.device, eval_batch_size=cfg.eval.batch_size,
-        checkpointing=checkpointing,
-    )
-    scores = metrics.evaluate(model, ds, split="test", batch_size=cfg.eval.batch_size,
-                              seed=cfg.seed, iwae_k=cfg.eval.iwae_k)
+    history = train.fit(model, ds, **fit_settings(cfg), callbacks=[*loggers, *callbacks], checkpointing=checkpointing)
+    scores = metrics.evaluate(model, ds, **evaluate_settings(cfg))
     bad = [k for k, v in scores.items() if k.endswith(("_elbo", "_recon", "_kl")) and not math.isfinite(v)]
     if bad:
         raise DivergenceError(f"non-finite {', '.join(bad)} on the test split")
