@@ -21,15 +21,85 @@ def dead_pid() -> int:
 def test_temporary_folders_of_killed_processes_are_removed_at_the_next_write(tmp_path: Path) -> None:
     killed = tmp_path / f".smoke.{dead_pid()}.k1ll3d"  # a kill -9 mid-report
     live = tmp_path / f".smoke.{os.getpid()}.bu1ld"  # this process is building it right now
-    old_kind = tmp_path / ".smoke.x7q2ab_c"  # no pid in its name, older than this process
     other = tmp_path / f".other.{dead_pid()}.k1ll3d"  # another study's: left to that study
-    for folder in (killed, live, old_kind, other):
+    for folder in (killed, live, other):
         folder.mkdir()
         (folder / "report.md").write_text("half")
-    os.utime(old_kind, (0, 0))
+        (folder / atomic.MARKER).write_text(atomic._MARK_TEXT)
     target = atomic.write_folder(tmp_path, "smoke", lambda f: (f / "report.md").write_text("whole"))
     assert (target / "report.md").read_text() == "whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name, "smoke"])
+
+
+def test_a_hidden_folder_vaebench_cannot_prove_it_made_is_never_removed(tmp_path: Path) -> None:
+    backup = tmp_path / ".smoke.bak"  # a user's copy of the report
+    unmarked = tmp_path / f".smoke.{dead_pid()}.k1ll3d"  # the right kind of name, but no marker inside
+    forged = tmp_path / f".smoke.{dead_pid()}.f0rg3d"  # a marker that is not vaebench's
+    old_kind = tmp_path / ".smoke.x7q2ab_c"  # no pid in its name, older than this process
+    for folder in (backup, unmarked, forged, old_kind):
+        folder.mkdir()
+        (folder / "notes.md").write_text("mine")
+        os.utime(folder, (0, 0))
+    (forged / atomic.MARKER).write_text("something else")
+    atomic.write_folder(tmp_path, "smoke", lambda f: (f / "report.md").write_text("whole"))
+    for folder in (backup, unmarked, forged, old_kind):
+        assert (folder / "notes.md").read_text() == "mine"
+
+
+def test_a_report_replaces_only_the_files_vaebench_wrote(tmp_path: Path) -> None:
+    def first(f: Path) -> None:
+        (f / "report.md").write_text("first")
+        (f / "figures").mkdir()
+        (f / "figures" / "gone.png").write_text("old figure")
+
+    target = atomic.write_folder(tmp_path, "smoke", first)
+    (target / "notes.md").write_text("my notes")
+    (target / "figures" / "mine.png").write_text("my figure")
+    (target / "drafts").mkdir()
+    (target / "drafts" / "a.md").write_text("draft")
+    atomic.write_folder(tmp_path, "smoke", lambda f: (f / "report.md").write_text("second"))
+    assert (target / "report.md").read_text() == "second"
+    assert (target / "notes.md").read_text() == "my notes"
+    assert (target / "figures" / "mine.png").read_text() == "my figure"
+    assert (target / "drafts" / "a.md").read_text() == "draft"
+    assert not (target / "figures" / "gone.png").exists()  # vaebench's own, no longer written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]
+
+
+def test_a_failed_swap_puts_the_old_folder_back_with_the_users_files(tmp_path: Path, monkeypatch) -> None:
+    target = atomic.write_folder(tmp_path, "smoke", lambda f: (f / "report.md").write_text("first"))
+    (target / "notes.md").write_text("my notes")
+    real, calls = Path.rename, []
+
+    def failing(self: Path, dest: Path) -> Path:
+        if Path(dest) == target and not calls:  # the new folder's swap in, not the old one's way back
+            calls.append(self)
+            raise OSError(28, "No space left on device")
+        return real(self, dest)
+
+    monkeypatch.setattr(Path, "rename", failing)
+    with pytest.raises(OSError):
+        atomic.write_folder(tmp_path, "smoke", lambda f: (f / "report.md").write_text("second"))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smoke"]
+    assert (target / "report.md").read_text() == "first" and (target / "notes.md").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file"])
+def test_a_link_or_a_file_where_the_folder_goes_is_refused_and_left_alone(tmp_path: Path, kind: str) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    target = tmp_path / "results" / "smoke"
+    target.parent.mkdir()
+    if kind == "symlink":
+        target.symlink_to(elsewhere)
+    else:
+        target.write_text("a user's file")
+    with pytest.raises(InputError, match="a symbolic link|a file, not a folder"):
+        atomic.write_folder(tmp_path / "results", "smoke", lambda f: (f / "report.md").write_text("x"))
+    assert [p.name for p in target.parent.iterdir()] == ["smoke"]
+    assert target.is_symlink() if kind == "symlink" else target.read_text() == "a user's file"
+    assert list(elsewhere.iterdir()) == []
 
 
 def test_a_failed_build_leaves_the_old_folder_and_no_temporary_one(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.download:
         spec = spec.model_copy(update={"dataset": spec.dataset.model_copy(update={"download": True})})
     check_flags(args, spec, path)
-    check_results(Path(args.results))
+    check_results(Path(args.results), study=spec.name)
     check_devices(spec, path, args.device)
     if args.device:
         spec = spec.model_copy(update={"device": args.device})
@@ -239,7 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from vaebench import report
 
     name = study_name(args.study)
-    check_results(Path(args.results))
+    check_results(Path(args.results), study=name)
     try:
         folder = report.write_report(tracked_store(args, name), name, Path(args.results))
     except OSError as exc:

@@ -43,9 +43,10 @@ def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
             raise InputError(f"{path}: {where}: {problem}")
 
 
-def check_results(results: Path, what: str = "--results") -> None:
+def check_results(results: Path, what: str = "--results", study: str | None = None) -> None:
     """The report can be written under `results` (checked before training, so a typo does not
-    cost a study): a folder, or a path whose nearest existing parent is a writable folder."""
+    cost a study): a folder, or a path whose nearest existing parent is a writable folder; and
+    `results/<study>` absent or a real folder (a link or a file there is the user's, never moved)."""
     if results.exists() and not results.is_dir():
         raise InputError(f"{what} {results}: not a folder")
     existing = results
@@ -55,6 +56,10 @@ def check_results(results: Path, what: str = "--results") -> None:
         raise InputError(f"{what} {results}: {existing} is a file, not a folder")
     if not os.access(existing, os.W_OK):
         raise InputError(f"{what} {results}: folder {existing} is not writable")
+    if study is not None:
+        from vaebench.atomic import check_target
+
+        check_target(results, study)
 
 
 def check_distinct_stores(storage_url: str, tracking_uri: str) -> None:
