@@ -137,11 +137,14 @@ def test_dci_is_seeded_and_checks_its_inputs(factors):
 class FactorEncoder(torch.nn.Module):
     """A 'model' whose posterior mean reads the two factors straight off the pixels."""
 
-    is_variational = True
+    capabilities = frozenset({"elbo", "posterior", "codes"})
 
     def encode(self, x):
         mu = x.flatten(1)[:, :2].double() * 4
         return mu, torch.zeros_like(mu)
+
+    def codes(self, x):
+        return self.encode(x)[0]
 
     def loss(self, x, kl_weight=1.0, generator=None):
         kl = 0.5 * self.encode(x)[0].pow(2).sum(1)

@@ -48,6 +48,9 @@ class LinearGaussian(nn.Module):
         self.enc_logvar = nn.Parameter(torch.log(noise_std**2 * var_scale / precision))
         self.shift, self.noise_std = shift, noise_std
         self.input_shape, self.latent_dim, self.is_variational = tuple(input_shape), latent_dim, variational
+        # Gaussian posterior via encode, N(0, I) prior and decode + nll: the contract's default form
+        self.capabilities = frozenset({"elbo", "posterior", "prior", "likelihood", "sample", "codes"}
+                                      if variational else {"codes"})
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         mu = (x.flatten(1).double() - self.bias) @ self.enc_weight.T + self.shift
@@ -252,11 +255,63 @@ def test_evaluate_key_set_for_a_vae():
     assert scores["val_active_units"] == 4.0  # the exact PPCA posterior: every mean varies
 
 
-def test_evaluate_omits_elbo_and_kl_for_an_autoencoder():
+def test_an_autoencoder_gets_nan_not_zero_where_it_lacks_a_posterior_and_says_why():
     ds = data.load("digits")
     model = LinearGaussian(input_shape=ds.input_shape, latent_dim=4, variational=False)
     scores = metrics.evaluate(model, ds, iwae_k=5)
-    assert set(scores) == keys("test", LATENT_KEYS | {"recon"})
+    lacking = {"test_elbo", "test_kl", "test_iwae_ll", "test_active_units"}
+    assert set(scores) == keys("test", LATENT_KEYS | {"recon"}) | lacking
+    assert all(math.isnan(scores[k]) for k in lacking)
+    assert all(math.isfinite(v) for k, v in scores.items() if k not in lacking)
+    assert metrics.skipped(model, "test", iwae_k=5) == {
+        "test_elbo": "skipped: no elbo", "test_kl": "skipped: no elbo",
+        "test_iwae_ll": "skipped: no posterior, prior, likelihood", "test_active_units": "skipped: no posterior"}
+    assert metrics.skipped(LinearGaussian(input_shape=ds.input_shape, latent_dim=4), "test", iwae_k=5) == {}
+
+
+def test_a_model_without_codes_gets_nan_latent_scores():
+    ds = data.load("digits")
+    model = LinearGaussian(input_shape=ds.input_shape, latent_dim=4)
+    model.capabilities = frozenset({"elbo"})
+    scores = metrics.evaluate(model, ds)
+    assert math.isfinite(scores["test_elbo"]) and math.isfinite(scores["test_kl"])
+    assert all(math.isnan(scores[f"test_{k}"]) for k in LATENT_KEYS if k != "eval_samples_per_s")
+    assert metrics.skipped(model)["test_nmi"] == "skipped: no codes"
+
+
+def test_iwae_from_distributions_agrees_with_the_gaussian_path():
+    """A model that gives its posterior, prior and likelihood as torch distributions (any
+    model, here the same linear Gaussian with a shifted, so approximate, posterior) gets the
+    same bound, up to Monte Carlo noise, as the per-example-noise Gaussian path."""
+    from torch.distributions import Independent, Normal
+
+    ds = data.load("digits")
+    gaussian = LinearGaussian(input_shape=ds.input_shape, latent_dim=4, shift=0.3)
+
+    class Distributional(LinearGaussian):
+        def posterior(self, x):
+            mu, logvar = self.encode(x)
+            return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
+
+        def prior(self):
+            zero = torch.zeros(self.latent_dim, dtype=torch.float64)
+            return Independent(Normal(zero, torch.ones_like(zero)), 1)
+
+        def log_likelihood(self, x, z):
+            lead = z.shape[:-2]
+            params = self.decode(z.reshape(-1, z.shape[-1]))
+            xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
+            return -self.nll(params, xs).view(*lead, x.shape[0])
+
+    other = Distributional(input_shape=ds.input_shape, latent_dim=4, shift=0.3)
+    other.load_state_dict(gaussian.state_dict())
+    x = ds.test.x[:64]
+    assert not metrics.likelihood.gaussian_standard(other)
+    a = metrics.iwae_log_likelihood(gaussian, x, 2000, seed=1)
+    b = metrics.iwae_log_likelihood(other, x, 2000, seed=1)
+    truth = gaussian.log_marginal(x).mean()
+    assert (a - b).abs().max() > 1e-6  # different noise: really the other path
+    assert abs(float(a.mean() - truth)) < 0.03 and abs(float(b.mean() - truth)) < 0.03
 
 
 def test_evaluate_is_deterministic():

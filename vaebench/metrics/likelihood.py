@@ -1,22 +1,19 @@
-"""Likelihood scores that speak only the model contract: posterior means, the per-example ELBO
-terms, the importance-weighted log-likelihood, the KL per latent dimension. Nats per example,
-every estimate seeded."""
+"""Likelihood scores that speak only the model contract (models/base.py): the codes, the
+per-example ELBO terms, the importance-weighted log-likelihood, the KL per latent dimension.
+Nats per example, every estimate seeded."""
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import TYPE_CHECKING, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from vaebench.models.base import gaussian_kl_per_dim
-
-if TYPE_CHECKING:
-    pass
-
+from vaebench.models.base import IWAE_NEEDS, gaussian_kl_per_dim, lacks
+from vaebench.models.model import VAEModel
 
 # --- model-level helpers (the model contract only) ----------------------------------------
 
@@ -40,10 +37,15 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def posterior_means(model: nn.Module, x: Tensor, batch_size: int = 1024) -> np.ndarray:
-    """Posterior means mu(x), (N, latent_dim): the codes the latent scores are computed on."""
+    """The model's codes, (N, D): what the latent scores are computed on. `model.codes(x)`
+    (a quantiser's codes for a VQ-VAE), else the posterior means mu(x) from `encode`."""
+    reason = lacks(model, "codes")
+    if reason:
+        raise ValueError(f"codes: {reason}")
     device = model_device(model)
+    codes = getattr(model, "codes", None) or (lambda xb: model.encode(xb)[0])
     with inference(model):
-        means = [model.encode(xb.to(device))[0].cpu() for xb in x.split(batch_size)]
+        means = [codes(xb.to(device)).reshape(len(xb), -1).cpu() for xb in x.split(batch_size)]
     return torch.cat(means).numpy()
 
 
@@ -64,6 +66,13 @@ def elbo_terms(model: nn.Module, x: Tensor, batch_size: int = 1024, seed: int = 
                 if value is not None:
                     parts.setdefault(name, []).append(value.detach().double().cpu())
     return {name: torch.cat(values).numpy() for name, values in parts.items()}
+
+
+def gaussian_standard(model: nn.Module) -> bool:
+    """A Gaussian encoder (encode -> mu, logvar), decode + nll, and the default N(0, I) prior
+    (no prior() of its own): the contract's default form, scored with per-example noise."""
+    own_prior = hasattr(model, "prior") and not isinstance(model, VAEModel)
+    return all(hasattr(model, name) for name in ("encode", "decode", "nll")) and not own_prior
 
 
 def _example_seed(seed: int, index: int) -> int:
@@ -132,8 +141,11 @@ def iwae_log_likelihood(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if not model.is_variational:
-        raise ValueError("iwae_log_likelihood needs a model with a posterior q(z|x)")
+    reason = lacks(model, *IWAE_NEEDS)
+    if reason:
+        raise ValueError(f"iwae_log_likelihood: {reason}")
+    if not gaussian_standard(model):
+        return _iwae_from_distributions(model, x, k, batch_size, seed, sample_chunk)
     device = model_device(model)
     batch_size = max(1, min(batch_size, IWAE_NOISE_SAMPLES // k))
     sample_chunk = max(sample_chunk, IWAE_DECODE_ROWS // batch_size)
@@ -147,11 +159,36 @@ def iwae_log_likelihood(
     return torch.cat(estimates)
 
 
+def _iwae_from_distributions(model: nn.Module, x: Tensor, k: int, batch_size: int, seed: int,
+                             sample_chunk: int) -> Tensor:
+    """The same bound for any model that declares posterior(x), prior() and
+    log_likelihood(x, z) as torch distributions: z ~ q drawn by `sample`, seeded per batch
+    (so the estimate depends on batch_size here, unlike the Gaussian path above, which draws
+    noise per example)."""
+    device = model_device(model)
+    batch_size = max(1, min(batch_size, IWAE_NOISE_SAMPLES // k))
+    estimates = []
+    with inference(model):
+        prior = model.prior()
+        for first in range(0, len(x), batch_size):
+            xb = x[first : first + batch_size].to(device)
+            q = model.posterior(xb)
+            total = torch.full((len(xb),), -math.inf, dtype=torch.float64, device=device)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(_example_seed(seed, first))
+                for start in range(0, k, sample_chunk):
+                    z = q.sample((min(sample_chunk, k - start),))  # (s, b, ...)
+                    log_w = model.log_likelihood(xb, z).double() + prior.log_prob(z).double() - q.log_prob(z).double()
+                    total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
+            estimates.append((total - math.log(k)).cpu())
+    return torch.cat(estimates)
+
+
 def kl_per_dim(model: nn.Module, x: Tensor, batch_size: int = 1024) -> np.ndarray:
     """Mean analytic KL(q(z_d|x) || N(0, 1)) per latent dim over `x`, (latent_dim,) float64
     nats; it sums to the mean KL. Shows which dims carry information (collapsed dims ~0)."""
-    if not model.is_variational:
-        raise ValueError("kl_per_dim needs a model with a posterior q(z|x)")
+    if lacks(model, "posterior") or not gaussian_standard(model):
+        raise ValueError("kl_per_dim needs a Gaussian posterior (encode -> mu, logvar) and the N(0, I) prior")
     device = model_device(model)
     total = None
     with inference(model):
