@@ -1,0 +1,204 @@
+"""Models from outside the package: plugin files, import paths, the entry-point group."""
+from __future__ import annotations
+
+import importlib.metadata
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from vaebench import models
+from vaebench.config import load_study
+from vaebench.errors import InputError
+from vaebench.models import plugins, registry
+
+PLUGIN = '''
+import torch
+from torch import nn
+from vaebench.models import LossRecord, register
+
+
+@register("model", "{name}")
+class TinyAE(nn.Module):
+    """A deterministic autoencoder that brings its own loss: it declares codes only."""
+
+    capabilities = frozenset({{"codes"}})
+
+    def __init__(self, input_shape, latent_dim, width=8):
+        super().__init__()
+        d = input_shape[0] * input_shape[1] * input_shape[2]
+        self.shape = input_shape
+        self.enc = nn.Sequential(nn.Flatten(), nn.Linear(d, width), nn.ReLU(), nn.Linear(width, latent_dim))
+        self.dec = nn.Linear(latent_dim, d)
+
+    def codes(self, x):
+        return self.enc(x)
+
+    def reconstruct(self, x):
+        return torch.sigmoid(self.dec(self.enc(x))).view(-1, *self.shape)
+
+    def loss(self, x, kl_weight=1.0, generator=None):
+        logits = self.dec(self.enc(x))
+        recon = nn.functional.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
+        return LossRecord(loss=recon.mean(), recon=recon)
+'''
+
+
+@pytest.fixture
+def clean_registry(monkeypatch: pytest.MonkeyPatch):
+    """Registries and loaded plugins as they were, whatever the test registers."""
+    for name, reg in registry.REGISTRIES.items():
+        monkeypatch.setitem(registry.REGISTRIES, name, reg)
+    monkeypatch.setattr(registry, "MODELS", dict(registry.MODELS))
+    monkeypatch.setitem(registry.REGISTRIES, "model", registry.MODELS)
+    monkeypatch.setattr(registry, "ORIGINS", dict(registry.ORIGINS))
+    monkeypatch.setattr(plugins, "ORIGINS", registry.ORIGINS)
+    monkeypatch.setattr(plugins, "REGISTRIES", registry.REGISTRIES)
+    monkeypatch.setattr(plugins, "_LOADED", {})
+    yield
+
+
+def write_plugin(folder: Path, name: str, source: str | None = None) -> Path:
+    path = folder / f"{name}.py"
+    path.write_text(source if source is not None else PLUGIN.format(name=name))
+    return path
+
+
+def test_a_plugin_file_registers_a_whole_model_marked_with_its_origin(tmp_path: Path, clean_registry) -> None:
+    path = write_plugin(tmp_path, "tiny_ae")
+    digest = plugins.load_file("tiny_ae.py", tmp_path)
+    assert digest == plugins.file_hash(path) and plugins.loaded_files() == {str(path.resolve()): digest}
+    assert plugins.load_file(path) == digest  # once per process
+    assert models.is_whole_model("tiny_ae")
+    assert f"tiny_ae (plugin {path.resolve()})" in models.describe()["models"]
+    model = models.build("tiny_ae", latent_dim=3, input_shape=(1, 8, 8), width=4)
+    assert model.config == {"arch": "tiny_ae", "latent_dim": 3, "input_shape": (1, 8, 8), "width": 4}
+    assert models.capabilities(model) == {"codes"}
+    record = model.loss(torch.rand(5, 1, 8, 8))
+    assert record.recon.shape == (5,) and record.elbo is None
+    with pytest.raises(ValueError, match="takes no objective"):
+        models.build("tiny_ae", objective="vae", input_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match="unknown hyperparameter 'depth'"):
+        models.build("tiny_ae", input_shape=(1, 8, 8), depth=2)
+
+
+@pytest.mark.parametrize(("source", "line", "what"), [
+    ("x = 1\nraise RuntimeError('no GPU here')\n", 2, "RuntimeError: no GPU here"),
+    ("def f(:\n", 1, "SyntaxError"),
+    ("import numpy\n\n\nimport not_a_module_anywhere\n", 4, "ModuleNotFoundError"),
+])
+def test_an_error_inside_a_plugin_is_one_line_with_its_file_and_line(tmp_path: Path, clean_registry, source: str,
+                                                                     line: int, what: str) -> None:
+    path = write_plugin(tmp_path, "broken", source)
+    with pytest.raises(InputError) as err:
+        plugins.load_file(path)
+    message = str(err.value)
+    assert message.startswith(f"{path.resolve()}:{line}: plugin failed: ") and what in message
+    assert "\n" not in message and plugins.loaded_files() == {}
+
+
+def test_a_missing_plugin_file_is_named(tmp_path: Path, clean_registry) -> None:
+    with pytest.raises(InputError, match="nowhere.py: plugin file not found"):
+        plugins.load_file("nowhere.py", tmp_path)
+
+
+def test_a_name_taken_already_is_refused_with_where_it_came_from(tmp_path: Path, clean_registry) -> None:
+    write_plugin(tmp_path, "mlp", PLUGIN.format(name="mlp"))
+    with pytest.raises(InputError, match="arch 'mlp' is registered already|model 'mlp' is registered already"):
+        plugins.load_file(tmp_path / "mlp.py")
+
+
+def test_a_study_file_names_its_plugins_next_to_it(tmp_path: Path, clean_registry) -> None:
+    write_plugin(tmp_path, "study_ae")
+    study = {"name": "own", "plugins": ["study_ae.py"], "dataset": {"name": "digits"},
+             "model": {"arch": "study_ae", "latent_dim": 2, "width": 6},
+             "train": {"epochs": 1}, "search": {"sampler": "grid", "objective": "val_recon", "direction": "minimize",
+                                                "space": {"seed": [0]}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    spec, _ = load_study(str(tmp_path / "study.yaml"))
+    assert spec.plugins == ("study_ae.py",)
+    assert spec.model.arch == "study_ae" and spec.model.objective is None and spec.model.hparams()["width"] == 6
+    study["model"]["colour"] = "red"
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(InputError, match="model.colour: unknown setting for model 'study_ae' "
+                                         r"\(it takes: arch, latent_dim, width\)"):
+        load_study(str(tmp_path / "study.yaml"))
+
+
+def test_an_import_path_names_a_model_without_registering_it(tmp_path: Path, clean_registry,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "user_pkg").mkdir()
+    (tmp_path / "user_pkg" / "__init__.py").write_text("")
+    (tmp_path / "user_pkg" / "nets.py").write_text(PLUGIN.replace('@register("model", "{name}")\n', "")
+                                                   .replace("{{", "{").replace("}}", "}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = models.build("user_pkg.nets:TinyAE", latent_dim=2, input_shape=(1, 8, 8))
+    assert type(model).__name__ == "TinyAE"
+    assert registry.describe_origin("model", "user_pkg.nets:TinyAE") == "import path user_pkg.nets:TinyAE"
+    with pytest.raises(ValueError, match="cannot import"):
+        models.build("user_pkg.nets:Nothing", input_shape=(1, 8, 8))
+    sys.modules.pop("user_pkg.nets", None)
+    sys.modules.pop("user_pkg", None)
+
+
+def test_installed_packages_register_through_the_entry_point_group(tmp_path: Path, clean_registry,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ep_models.py").write_text(PLUGIN.format(name="ep_ae"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    point = importlib.metadata.EntryPoint(name="mine", value="ep_models", group=plugins.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [point] if group == plugins.ENTRY_POINT_GROUP else [])
+    monkeypatch.setattr(plugins, "_ENTRY_POINTS_LOADED", False)
+    assert "ep_ae (entry point ep_models)" in models.describe()["models"]
+    sys.modules.pop("ep_models", None)
+
+
+def test_a_plugin_trains_and_is_scored_with_nan_where_it_lacks_a_capability(tmp_path: Path, clean_registry) -> None:
+    from vaebench import data, metrics, train
+
+    plugins.load_file(write_plugin(tmp_path, "scored_ae"))
+    ds = data.load("digits")
+    model = models.build("scored_ae", latent_dim=3, input_shape=ds.input_shape)
+    history = train.fit(model, ds, epochs=1, batch_size=64, lr=1e-3, seed=0)
+    assert torch.isfinite(torch.tensor(history.last["val_recon"]))
+    scores = metrics.evaluate(model, ds, iwae_k=3)
+    assert scores["test_recon"] > 0 and scores["test_nmi"] > 0
+    assert all(scores[f"test_{m}"] != scores[f"test_{m}"] for m in ("elbo", "kl", "iwae_ll", "active_units"))
+    assert metrics.skipped(model, iwae_k=3)["test_active_units"] == "skipped: no posterior"
+
+
+def test_kl_is_analytic_where_torch_knows_it_else_monte_carlo_with_the_count_stated() -> None:
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    from vaebench.models.base import diagonal_gaussian, gaussian_kl_per_dim, kl_divergence, standard_normal
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3) * 0.3
+    q = diagonal_gaussian(mu, logvar)
+    kl, how = kl_divergence(q, standard_normal(3))
+    assert how == "analytic"
+    torch.testing.assert_close(kl, gaussian_kl_per_dim(mu, logvar).sum(1))
+    # A mixture prior has no closed form: Monte Carlo, unbiased, the sample count named.
+    mixture = MixtureSameFamily(Categorical(logits=torch.zeros(2)),
+                                Independent(Normal(torch.tensor([[-1.0] * 3, [1.0] * 3]), torch.ones(2, 3)), 1))
+    estimate, how = kl_divergence(q, mixture, samples=20_000)
+    assert how == "monte carlo, 20000 samples"
+    z = q.sample((200_000,))
+    truth = (q.log_prob(z) - mixture.log_prob(z)).mean(0)
+    torch.testing.assert_close(estimate, truth, rtol=0, atol=0.05)
+    assert (estimate > 0).all()
+
+
+def test_capabilities_are_checked_names() -> None:
+    vae = models.build("mlp", latent_dim=2, input_shape=(1, 8, 8), hidden=(8,))
+    ae = models.build("mlp", objective="ae", latent_dim=2, input_shape=(1, 8, 8), hidden=(8,))
+    assert models.capabilities(vae) == set(models.CAPABILITIES) and models.lacks(vae, "posterior") is None
+    assert models.lacks(ae, "posterior", "codes", "sample") == "skipped: no posterior, sample"
+
+    class Typo(torch.nn.Module):
+        capabilities = frozenset({"posterier"})
+
+    with pytest.raises(ValueError, match="unknown capabilities \\['posterier'\\]"):
+        models.capabilities(Typo())
