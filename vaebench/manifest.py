@@ -22,7 +22,7 @@ from typing import Any
 
 from vaebench import __version__, atomic
 from vaebench.errors import InputError
-from vaebench.stores import short_reason
+from vaebench.stores import redact, short_reason
 
 FILENAME = "manifest.json"
 SECTIONS = {"command": list, "vaebench": dict, "python": dict, "packages": dict, "hardware": dict,
@@ -97,10 +97,11 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
 def collect(study: Mapping[str, Any], fingerprints: Mapping[str, str], command: Sequence[str] | None = None,
             device: str = "cpu") -> dict[str, Any]:
     """The manifest of one study: `study` is the resolved study (StudySpec.model_dump()),
-    `fingerprints` maps dataset name to fingerprint, `command` defaults to this process's."""
+    `fingerprints` maps dataset name to fingerprint, `command` defaults to this process's; a
+    password in a URL of the command line (--storage, --tracking-uri) is recorded as `***`."""
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": list(command if command is not None else [sys.executable, *sys.argv]),
+        "command": [redact(str(a)) for a in (command if command is not None else [sys.executable, *sys.argv])],
         "vaebench": {"version": __version__, "git": git_state()},
         "python": python(),
         "packages": package_versions(),

@@ -13,9 +13,14 @@ from pathlib import Path
 from vaebench.errors import InputError
 
 
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/\s]+@")
+
+
 def redact(url: str) -> str:
-    """A store URL fit to print: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`."""
-    return re.sub(r"(://[^/@:]+:)[^/@]+@", r"\1***@", url)
+    """A store URL fit to print or record: `postgresql://me:secret@db/x` -> `postgresql://me:***@db/x`.
+    Every URL in the text is redacted (a command line, `--storage=URL`, an error message); a
+    password holding an unescaped `@` is hidden whole."""
+    return _USERINFO.sub(r"\1***@", url)
 
 
 def short_reason(exc: BaseException) -> str:

@@ -75,6 +75,9 @@ FLUSH_S = 2.0  # longest a trial's per-epoch metrics wait before they are writte
 def quiet() -> None:
     """Keep MLflow's and its migrations' INFO chatter and download bars out of the progress bar."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own "View run ... at: URL" lines (two per run ended on an HTTP server) repeat the
+    # tracking URI, password included; vaebench prints its own links, redacted.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -161,12 +164,12 @@ class TrialRun:
         self.buffer, self.flushed_at = [], time.monotonic()
 
     def log_params(self, params: dict[str, Any]) -> None:
-        items = [Param(k, str(v)) for k, v in params.items()]
+        items = [Param(k, redact(str(v))) for k, v in params.items()]
         for i in range(0, len(items), _MAX_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + _MAX_BATCH])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
 
     def log_input(self, dataset: Any, context: str) -> None:
         """A dataset input of the run (an `mlflow.entities.Dataset`) in the role `context`."""
@@ -320,7 +323,7 @@ class StudyTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=self.study,
-            tags={STUDY: self.study, ROLE: "study"} | {k: str(v) for k, v in tags.items()},
+            tags={STUDY: self.study, ROLE: "study"} | {k: redact(str(v)) for k, v in tags.items()},
         )
         TrialRun(self.client, run.info.run_id).log_params(params)
         return run.info.run_id
@@ -365,7 +368,7 @@ class StudyTracker:
             self.experiment_id,
             run_name=name,
             tags={STUDY: self.study, ROLE: "trial", TRIAL: str(number), PARENT: parent_id}
-            | {k: str(v) for k, v in tags.items()},
+            | {k: redact(str(v)) for k, v in tags.items()},
         )
         return TrialRun(self.client, run.info.run_id)
 
