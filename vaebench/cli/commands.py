@@ -15,7 +15,7 @@ from pathlib import Path
 from vaebench.search import interrupt
 from vaebench.errors import InputError, StoreFailure
 from vaebench.stores import short_reason
-from vaebench.cli.outcome import failure_summary, where_reasons
+from vaebench.cli.outcome import GuardedStream, failure_summary, lost_output_line, where_reasons
 from vaebench.cli.runchecks import check_devices, check_distinct_stores, check_flags, check_results, tracked_store
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -287,7 +287,23 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "r
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Runs one command; a standard output that fails (a closed pipe, a full disk) loses its
+    lines only: the command goes on, one line on stderr says so, and the exit code is 1 where it
+    would have been 0."""
+    saved = sys.stdout, sys.stderr
+    out, err = GuardedStream(sys.stdout), GuardedStream(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+    finally:
+        sys.stdout, sys.stderr = saved
+    if out.lost:
+        print(lost_output_line(out), file=err)
+        return code or 1
+    return code
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(argv)  # the command line, for the manifest
     try:
