@@ -107,7 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Validate everything (study file, flags, data, stores) before writing anything; then run.
 
     Exit codes: 0 done (some trials may have failed: one line on stderr), 1 no trial of the
-    study finished, 2 bad input, 130 stopped by Ctrl-C (running it again resumes).
+    study finished, 2 bad input, 130 stopped by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP (running
+    it again resumes).
     """
     from vaebench.config import load_study
 
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     out, err = GuardedStream(sys.stdout), GuardedStream(sys.stderr)
     sys.stdout, sys.stderr = out, err
     try:
-        code = _main(sys.argv[1:] if argv is None else argv)
+        code = interrupt.exit_code(_main(sys.argv[1:] if argv is None else argv))
     finally:
         sys.stdout, sys.stderr = saved
     if out.lost:
