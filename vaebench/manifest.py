@@ -97,7 +97,8 @@ def hardware(device: str = "cpu") -> dict[str, Any]:
 def collect(study: Mapping[str, Any], fingerprints: Mapping[str, str], command: Sequence[str] | None = None,
             device: str = "cpu") -> dict[str, Any]:
     """The manifest of one study: `study` is the resolved study (StudySpec.model_dump()),
-    `fingerprints` maps dataset name to fingerprint, `command` defaults to this process's; a
+    `fingerprints` maps dataset name to fingerprint, `command` defaults to this process's, and
+    every plugin file run is recorded with its sha256; a
     password in a URL of the command line (--storage, --tracking-uri) is recorded as `***`."""
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -107,8 +108,16 @@ def collect(study: Mapping[str, Any], fingerprints: Mapping[str, str], command: 
         "packages": package_versions(),
         "hardware": hardware(device),
         "datasets": dict(fingerprints),
+        "plugins": loaded_plugins(),
         "study": dict(study),
     }
+
+
+def loaded_plugins() -> dict[str, str]:
+    """{plugin file: sha256} of the user's model files this process ran (models/plugins.py)."""
+    from vaebench.models import plugins  # a study's plugins are loaded before its manifest is made
+
+    return plugins.loaded_files()
 
 
 def write(manifest: Mapping[str, Any], folder: Path) -> Path:

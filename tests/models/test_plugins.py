@@ -202,3 +202,20 @@ def test_capabilities_are_checked_names() -> None:
 
     with pytest.raises(ValueError, match="unknown capabilities \\['posterier'\\]"):
         models.capabilities(Typo())
+
+
+def test_the_manifest_records_plugin_hashes_and_replay_names_a_changed_file(tmp_path: Path, clean_registry) -> None:
+    from vaebench import manifest
+    from vaebench.cli import replay
+
+    path = write_plugin(tmp_path, "recorded_ae")
+    plugins.load_file(path)
+    recorded = manifest.collect({}, {"digits": "abc"}, command=["vaebench"])
+    assert recorded["plugins"] == {str(path.resolve()): plugins.file_hash(path)}
+    assert not [c for c in replay.changes(recorded, recorded, "digits") if "plugin" in c.text]
+    now = recorded | {"plugins": {str(path.resolve()): "f" * 64}}
+    (change,) = [c for c in replay.changes(recorded, now, "digits") if "plugin" in c.text]
+    assert change.text.startswith(f"plugin {path.resolve()} sha256 {plugins.file_hash(path)[:12]} -> ffffffffffff")
+    path.unlink()
+    with pytest.raises(InputError, match="plugins: .*recorded_ae.py: no such file"):
+        replay.load_plugins(recorded, tmp_path / "manifest.json")

@@ -74,6 +74,7 @@ def load(folder: Path) -> tuple[dict[str, Any], StudySpec, pd.DataFrame]:
     if not folder.is_dir():
         raise InputError(f"{folder}: no such report folder")
     doc = manifest.read(folder)
+    load_plugins(doc, folder / manifest.FILENAME)
     try:
         spec = StudySpec.model_validate(doc["study"])
     except ValidationError as exc:
@@ -90,6 +91,17 @@ def load(folder: Path) -> tuple[dict[str, Any], StudySpec, pd.DataFrame]:
     if trials.empty:
         raise InputError(f"{path}: no trial rows")
     return doc, spec, trials
+
+
+def load_plugins(doc: dict[str, Any], path: Path) -> None:
+    """Run the plugin files the study ran (their models must be registered to rebuild the
+    trial); one whose file is gone is bad input. A changed file is reported by `changes`."""
+    from vaebench.models import plugins
+
+    for file in doc.get("plugins") or {}:
+        if not Path(file).is_file():
+            raise InputError(f"{path}: plugins: {file}: no such file (the recorded study ran it)")
+        plugins.load_file(file)
 
 
 def pick(trials: pd.DataFrame, number: int | None, path: Path) -> pd.Series:
@@ -170,6 +182,10 @@ def changes(recorded: dict[str, Any], now: dict[str, Any], dataset: str) -> list
         old, new = recorded["hardware"].get(key), now["hardware"].get(key)
         if old != new:
             out.append(Change(f"{key.replace('_', ' ')} {old} -> {new}"))
+    for file, old in (recorded.get("plugins") or {}).items():
+        new = now.get("plugins", {}).get(file)
+        if old != new:
+            out.append(Change(f"plugin {file} sha256 {old[:12]} -> {(new or 'not loaded')[:12]} (the model's code)"))
     old_fp, new_fp = recorded["datasets"].get(dataset), now["datasets"][dataset]
     if old_fp != new_fp:
         out.append(Change(f"{dataset} fingerprint {old_fp} -> {new_fp} (other data)"))
