@@ -192,6 +192,10 @@ class EvalSpec(_Strict):
     iwae_k: int = Field(0, ge=0, description="importance samples for test_iwae_ll; 0 = off")
     stage_points: int = Field(0, ge=0, description="test_iwae_ll_subset on the first N test examples at the end "
                                                    "of every schedule stage (needs iwae_k); 0 = off")
+    generation: bool = Field(True, description="generation scores (test_fd_prior, test_fd_gmm, precision/recall, "
+                                               "test_fd_recon) from the pinned feature network; false = off")
+    generation_samples: int | None = Field(None, ge=2, description="images per sampler; null = the test split's size")
+    generation_seed: int = Field(0, ge=0, description="the sample seed of every generation draw (not the training seed)")
 
     @model_validator(mode="after")
     def _stage_needs_k(self) -> EvalSpec:

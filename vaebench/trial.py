@@ -13,6 +13,7 @@ import torch
 
 from vaebench import __version__, checkpoint, data, manifest, metrics, models, train
 
+from vaebench.metrics import sampling
 from vaebench.tracking import artifacts
 from vaebench import tracking as tk
 from vaebench.config import StudySpec, TrialConfig, choice_label
@@ -116,6 +117,12 @@ def evaluate_settings(cfg: TrialConfig) -> dict[str, Any]:
     return {"split": "test", "batch_size": cfg.eval.batch_size, "seed": cfg.seed, "iwae_k": cfg.eval.iwae_k}
 
 
+def generation_settings(cfg: TrialConfig) -> dict[str, Any]:
+    """The config's arguments to sampling.generation_scores."""
+    e = cfg.eval
+    return {"n": e.generation_samples, "seed": e.generation_seed, "batch_size": e.batch_size}
+
+
 def train_and_evaluate(
     cfg: TrialConfig, ds: data.Dataset, run: TrialRun, callbacks: list[train.EpochCallback],
     board: TensorBoardRun | None = None, full_artifacts_in: str | None = None,
@@ -147,6 +154,8 @@ def train_and_evaluate(
     bad = [k for k, v in scores.items() if k.endswith(("_elbo", "_recon", "_kl")) and not math.isfinite(v)]
     if bad:
         raise DivergenceError(f"non-finite {', '.join(bad)} on the test split")
+    generated = sampling.generation_scores(model, ds, **generation_settings(cfg)) if cfg.eval.generation else None
+    scores |= generated.scores if generated else {}
     final = scores | {
         "train_samples_per_s": history.train_samples_per_s,
         "train_seconds": history.train_seconds,
@@ -156,6 +165,8 @@ def train_and_evaluate(
     if board:
         board.log_epoch(cfg.train.epochs, final)
     kl = artifacts.log_trial(model, ds, run, board, step=cfg.train.epochs)
+    if generated:
+        artifacts.log_generation(generated, run, board, step=cfg.train.epochs)
     if full_artifacts_in is not None:
         artifacts.log_full(model, ds, run, full_artifacts_in, model_name, cfg.flat(), step=cfg.train.epochs, kl=kl)
     return history.last | final

@@ -26,12 +26,14 @@ from mlflow.models import infer_signature
 from safetensors.torch import save_file
 
 from vaebench import __version__, data, metrics, models
+from vaebench.metrics.sampling import Generated
 
 from vaebench.tracking import charts as figures
 from vaebench.tracking.tensorboard import TensorBoardRun
 from vaebench.tracking.runs import MODEL_FORMAT, MODEL_URI, TrialRun
 
 WEIGHTS = "weights/state_dict.pt"
+GENERATION_PICTURE = "generation_samples.png"  # prior samples left, fitted-mixture samples right
 # The light model: MLflow runs this file to load one (so it is not imported here: it registers
 # itself with MLflow), which reads its files by these artifact names.
 LIGHT_MODEL = Path(__file__).with_name("light_model.py")
@@ -63,6 +65,20 @@ def log_trial(
         torch.save(model.state_dict(), weights)
         run.log_artifact(weights, Path(WEIGHTS).parent.as_posix())
     return kl
+
+
+def log_generation(generated: Generated, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0) -> None:
+    """The generation protocol and reasons as tags (feature network sha256, sample count and
+    seed, reference rows, `vaebench.skipped.*`), and the pixel means of each sampler that ran
+    side by side (prior left, fitted mixture right) as GENERATION_PICTURE."""
+    run.set_tags(generated.tags)
+    if not generated.grids:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = figures.side_by_side(list(generated.grids.values()), Path(tmp) / GENERATION_PICTURE)
+        run.log_artifact(path)
+        if board:
+            board.log_picture(path, step)
 
 
 def log_full(

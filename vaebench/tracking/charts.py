@@ -144,6 +144,22 @@ def samples(model: VAEModel, path: Path, n: int = 64, seed: int = 0) -> Path:
     return _save_grid(model.sample(n, generator=gen), path, nrow=8)
 
 
+def side_by_side(grids: list[torch.Tensor], path: Path, nrow: int = 8, gap: int = 8) -> Path:
+    """Image sets (B, C, H, W) in [0, 1], each tiled `nrow` per row, next to each other with a
+    white gap: e.g. one trial's samples from each sampler."""
+    from torchvision.utils import make_grid
+
+    tiles = [make_grid(_readable(g.cpu()), nrow=nrow, padding=PAD, pad_value=0.5) for g in grids]
+    height = max(t.shape[1] for t in tiles)
+    tiles = [F.pad(t, (0, 0, 0, height - t.shape[1]), value=1.0) for t in tiles]
+    spacer = torch.ones(tiles[0].shape[0], height, gap)
+    row = torch.cat([part for t in tiles for part in (t, spacer)][:-1], dim=2)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(row, path)
+    return path
+
+
 def traversals(model: VAEModel, x0: torch.Tensor, path: Path, span: float = 3.0, steps: int = 11) -> Path:
     """What each latent dimension controls: row d decodes x0's posterior mean with z_d swept.
 
