@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from vaebench import atomic, data, manifest
-from vaebench.report import literature
+from vaebench.report import generation, literature
 from vaebench.report import significance
 from vaebench.report import stages
 from vaebench import tracking as tk
@@ -265,6 +265,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
             and not pd.isna(trials.iloc[0][c])),
         "",
         *leaderboard_lines(board, record.finished, record.objective, record.direction, metrics),
+        *generation.lines(board, record.finished, record.swept, record.tracking_uri, folder),
         *literature_lines(record, board, folder),
         *stage_lines(record, folder),
         *significance.budget_lines(board, record.finished, record.objective, record.direction,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from vaebench import atomic
+from vaebench.metrics import sampling
 from vaebench.report import significance
 from vaebench import tracking as tk
 from vaebench.errors import InputError
@@ -198,6 +199,7 @@ def per_config(record: StudyRecord) -> pd.DataFrame:
     stat_columns = [f"{m}_{s}" for m in ordered for s in STATS]
     board = board[CONFIG_ID_COLUMNS + config_columns + stat_columns].reset_index(drop=True)
     tested = [m for m in table_metrics(board, record.objective) if m.startswith("test_") and f"{m}_mean" in board]
+    tested += [m for m in sampling.METRICS if f"{m}_mean" in board]  # report.md's generation section
     return significance.add_columns(board, done, record.objective, record.direction, tested)
 
 
