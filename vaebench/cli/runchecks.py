@@ -21,6 +21,8 @@ def check_flags(args: argparse.Namespace, spec: StudySpec, path: Path) -> None:
         raise InputError(f"--trials {args.trials}: the grid of {path} has only {spec.search.grid_size()} points")
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: must be at least 1")
+    if args.threads is not None and args.threads > (os.cpu_count() or 1):
+        raise InputError(f"--threads {args.threads}: more than this machine's {os.cpu_count() or 1} CPUs")
     if args.checkpoint_every < 1:
         raise InputError(f"--checkpoint-every {args.checkpoint_every}: must be at least 1")
     if args.checkpoint_minutes is not None and not 0 < args.checkpoint_minutes < float("inf"):
