@@ -151,7 +151,11 @@ def train_and_evaluate(
             every_seconds=None if options.every_minutes is None else 60 * options.every_minutes)
     history = train.fit(model, ds, **fit_settings(cfg), callbacks=[*loggers, *callbacks], checkpointing=checkpointing)
     scores = metrics.evaluate(model, ds, **evaluate_settings(cfg))
-    bad = [k for k, v in scores.items() if k.endswith(("_elbo", "_recon", "_kl")) and not math.isfinite(v)]
+    reasons = metrics.skipped(model, "test", cfg.eval.iwae_k, ds.test.factors is not None)
+    if reasons:  # why a score is NaN: the model lacks the capability it needs
+        run.set_tags({f"{sampling.SKIPPED}{name}": why for name, why in reasons.items()})
+    bad = [k for k, v in scores.items()
+           if k.endswith(("_elbo", "_recon", "_kl")) and k not in reasons and not math.isfinite(v)]
     if bad:
         raise DivergenceError(f"non-finite {', '.join(bad)} on the test split")
     generated = sampling.generation_scores(model, ds, **generation_settings(cfg)) if cfg.eval.generation else None
@@ -159,7 +163,7 @@ def train_and_evaluate(
     final = scores | {
         "train_samples_per_s": history.train_samples_per_s,
         "train_seconds": history.train_seconds,
-        "n_params": float(model.n_params),
+        "n_params": float(sum(p.numel() for p in model.parameters())),
     }
     run.log_final(final)  # the last epoch's val_* are logged already
     if board:

@@ -40,6 +40,8 @@ class TinyAE(nn.Module):
     def reconstruct(self, x):
         return torch.sigmoid(self.dec(self.enc(x))).view(-1, *self.shape)
 
+    forward = reconstruct  # what the logged MLflow model serves
+
     def loss(self, x, kl_weight=1.0, generator=None):
         logits = self.dec(self.enc(x))
         recon = nn.functional.binary_cross_entropy_with_logits(logits, x.flatten(1), reduction="none").sum(1)
@@ -219,3 +221,53 @@ def test_the_manifest_records_plugin_hashes_and_replay_names_a_changed_file(tmp_
     path.unlink()
     with pytest.raises(InputError, match="plugins: .*recorded_ae.py: no such file"):
         replay.load_plugins(recorded, tmp_path / "manifest.json")
+
+
+def test_list_names_a_plugin_model_and_its_file(tmp_path: Path, clean_registry, capsys: pytest.CaptureFixture) -> None:
+    from vaebench import cli
+
+    path = write_plugin(tmp_path, "listed_ae")
+    assert cli.main(["list", "--plugin", str(path)]) == 0
+    out = capsys.readouterr().out
+    (line,) = [row for row in out.splitlines() if row.startswith("models:")]
+    assert line.split(None, 1)[1] == f"listed_ae (plugin {path.resolve()})"
+    assert "mlp" in out and "beta_vae" in out
+
+
+@pytest.mark.slow
+def test_run_with_a_broken_plugin_is_one_line_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    from helpers import vaebench
+
+    write_plugin(tmp_path, "bad_plugin", "import torch\n\nraise ValueError('weights missing')\n")
+    study = {"name": "own", "plugins": ["bad_plugin.py"], "dataset": {"name": "digits"}, "model": {"arch": "mlp"},
+             "search": {"sampler": "grid", "space": {"seed": [0]}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    result = vaebench(tmp_path, "run", "--study", "study.yaml")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"vaebench: error: {(tmp_path / 'bad_plugin.py').resolve()}:3: plugin failed: "
+                                     "ValueError: weights missing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad_plugin.py", "study.yaml"]
+
+
+@pytest.mark.slow
+def test_a_plugin_model_runs_as_a_study_with_nan_and_reasons_where_it_lacks_a_capability(tmp_path: Path) -> None:
+    from helpers import mlflow_runs, vaebench
+
+    write_plugin(tmp_path, "study_run_ae")
+    study = {"name": "own", "plugins": ["study_run_ae.py"], "dataset": {"name": "mnist5k"},
+             "model": {"arch": "study_run_ae", "latent_dim": 3},
+             "train": {"epochs": 1}, "eval": {"generation_samples": 200},
+             "search": {"sampler": "grid", "objective": "val_recon", "direction": "minimize", "space": {"seed": [0]}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    result = vaebench(tmp_path, "run", "--study", "study.yaml", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    _, (run,) = mlflow_runs(tmp_path, "own")
+    m, tags = run.data.metrics, run.data.tags
+    assert m["test_recon"] > 0 and m["test_nmi"] > 0 and m["test_fd_recon"] > 0
+    for name in ("test_elbo", "test_kl", "test_active_units", "test_fd_prior"):
+        assert name not in m, name  # MLflow holds no value (vaebench logs finite numbers only), never a 0
+    assert tags["vaebench.skipped.test_elbo"] == "skipped: no elbo"
+    assert tags["vaebench.skipped.test_active_units"] == "skipped: no posterior"
+    assert tags["vaebench.skipped.test_fd_prior"] == "skipped: no sample"
+    report = (tmp_path / "results" / "own" / "leaderboard.csv").read_text()
+    assert "test_recon" in report

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "(the old runs stay in MLflow; reports read the newest parent run); give it to one "
                           "worker only, and start the others once it runs")
 
-    sub.add_parser("list", help="registered architectures, objectives, likelihoods, datasets and studies")
+    lst = sub.add_parser("list", help="registered models, architectures, objectives, likelihoods, datasets and "
+                                      "studies, each with where it comes from")
+    lst.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                     help="also run this model file (it registers its models) and list what it adds; repeatable")
 
     board = sub.add_parser("leaderboard", help="CSV leaderboard of a study, read back from MLflow")
     _add_common(board)
@@ -203,9 +206,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from vaebench import data, models, schedules
     from vaebench.config import STUDY_DIRS
+    from vaebench.models import plugins
 
-    for kind, names in models.describe().items():
-        print(f"{kind + ':':15s} {', '.join(names)}")
+    for file in args.plugin:
+        plugins.load_file(file)
+    for kind, names in models.describe().items():  # a name without a note is built in
+        print(f"{kind + ':':15s} {', '.join(names) or 'none'}")
     print(f"{'schedules:':15s} {', '.join(sorted(schedules.SCHEDULES))}")
     print(f"{'datasets:':15s} {', '.join(sorted(data.DATASETS))}")
     studies = sorted({p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml")})

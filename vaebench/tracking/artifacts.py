@@ -50,8 +50,10 @@ def log_trial(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         files = [figures.reconstructions(model, x, folder / "reconstructions.png")]
-        if model.is_variational:
+        can = models.capabilities(model)
+        if "sample" in can:
             files.append(figures.samples(model, folder / "samples.png"))
+        if gaussian_vae(model):  # traversals and the KL per dimension read a Gaussian posterior and N(0, I)
             files.append(figures.traversals(model, x[:1], folder / "traversals.png"))
             kl = metrics.kl_per_dim(model, x)
             table = folder / "kl_per_dim.csv"
@@ -65,6 +67,12 @@ def log_trial(
         torch.save(model.state_dict(), weights)
         run.log_artifact(weights, Path(WEIGHTS).parent.as_posix())
     return kl
+
+
+def gaussian_vae(model: Any) -> bool:
+    """A built-in VAE (a Gaussian posterior, N(0, I), a decoder with a likelihood): what the
+    traversal and per-dimension KL pictures are drawn for."""
+    return isinstance(model, models.VAEModel) and model.is_variational
 
 
 def log_generation(generated: Generated, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0) -> None:
@@ -94,9 +102,10 @@ def log_full(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         if charts:
-            means = metrics.posterior_means(model, x)
-            run.log_artifact(figures.latent_pca(means, ds.test.y.numpy(), folder / "latent_pca.png"))
-            if model.is_variational:
+            if "codes" in models.capabilities(model):
+                means = metrics.posterior_means(model, x)
+                run.log_artifact(figures.latent_pca(means, ds.test.y.numpy(), folder / "latent_pca.png"))
+            if gaussian_vae(model):
                 kl = metrics.kl_per_dim(model, x) if kl is None else kl
                 run.log_artifact(figures.kl_per_dim(kl, folder / "kl_per_dim.png"))
         model.cpu().eval()  # saved on the CPU, with a CPU example, wherever it was trained
