@@ -1,0 +1,136 @@
+"""check-model: does a model's record mean what the leaderboard says? Plain checks on tiny data.
+
+Each check takes a Subject (a model factory and a small batch in [0, 1]) and returns a Row:
+passed, failed or not applicable, with a one-line reason. CHECKS is the registry.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from vaebench.models.base import lacks
+
+PASSED, FAILED, NA = "passed", "failed", "not applicable"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    status: str
+    reason: str
+
+
+@dataclass
+class Subject:
+    """build(seed) -> a fresh model; x: a small batch of data in [0, 1]."""
+
+    build: Callable[[int], nn.Module]
+    x: Tensor
+    seed: int = 0
+
+
+def _record(model: nn.Module, x: Tensor, seed: int):
+    return model.loss(x, generator=torch.Generator().manual_seed(seed))
+
+
+def _na(model: nn.Module, *needed: str) -> str | None:
+    why = lacks(model, *needed)
+    return None if why is None else why.replace("skipped: ", "")
+
+
+def per_example(s: Subject) -> Row:
+    """Terms of 16 examples alone equal the same 16 inside a batch of 64 (fixed noise)."""
+    model = s.build(s.seed).eval()
+    with torch.no_grad():
+        small, big = _record(model, s.x[:16], 1), _record(model, s.x[:64], 1)
+    for name in ("recon", "kl", "elbo"):
+        a, b = getattr(small, name), getattr(big, name)
+        if a is None:
+            continue
+        if a.shape != (16,):
+            return Row("per_example", FAILED, f"{name} has shape {tuple(a.shape)}, not one value per example")
+        if not torch.allclose(a, b[:16], rtol=1e-4, atol=1e-3):
+            return Row("per_example", FAILED, f"{name} changes with the batch size (max diff {(a - b[:16]).abs().max():.3g})")
+    return Row("per_example", PASSED, "terms per example, unchanged from batch 16 to 64")
+
+
+def elbo_terms(s: Subject) -> Row:
+    """elbo = -recon - kl, and KL >= 0."""
+    model = s.build(s.seed).eval()
+    if why := _na(model, "elbo"):
+        return Row("elbo_terms", NA, why)
+    with torch.no_grad():
+        r = _record(model, s.x, 0)
+    if not torch.allclose(r.elbo, -(r.recon + r.kl), atol=1e-3):
+        return Row("elbo_terms", FAILED, "elbo != -recon - kl")
+    if (r.kl < -1e-4).any():
+        return Row("elbo_terms", FAILED, f"negative KL {r.kl.min():.3g}")
+    return Row("elbo_terms", PASSED, "elbo = -recon - kl, KL >= 0")
+
+
+def loss_weight(s: Subject) -> Row:
+    """The record does not move with the loss weight: a weighted loss is never reported as the ELBO."""
+    model = s.build(s.seed).eval()
+    if why := _na(model, "elbo"):
+        return Row("loss_weight", NA, why)
+    with torch.no_grad():
+        a = model.loss(s.x, kl_weight=1.0, generator=torch.Generator().manual_seed(0))
+        b = model.loss(s.x, kl_weight=0.25, generator=torch.Generator().manual_seed(0))
+    if not torch.allclose(a.elbo, b.elbo, atol=1e-4):
+        return Row("loss_weight", FAILED, "the reported ELBO changes with kl_weight")
+    return Row("loss_weight", PASSED, "ELBO unchanged by kl_weight 1 vs 0.25")
+
+
+def deterministic(s: Subject) -> Row:
+    """Same seed, same numbers; state_dict round trip into a fresh build, same outputs."""
+    a, b, c = s.build(s.seed).eval(), s.build(s.seed).eval(), s.build(s.seed + 1).eval()
+    c.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        ra, rb, rc = (_record(m, s.x, 3) for m in (a, b, c))
+    if not torch.equal(ra.recon, rb.recon):
+        return Row("deterministic", FAILED, "the same seed gave different numbers")
+    if not torch.equal(ra.recon, rc.recon):
+        return Row("deterministic", FAILED, "save -> load changed the outputs")
+    return Row("deterministic", PASSED, "same seed same numbers; save -> load same outputs")
+
+
+def gradients_finite(s: Subject) -> Row:
+    """Every parameter gets a gradient; the record is finite on all-zero and all-one inputs."""
+    model = s.build(s.seed).train()
+    model.loss(s.x, generator=torch.Generator().manual_seed(0)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for fill in (0.0, 1.0):
+        with torch.no_grad():
+            r = _record(model.eval(), torch.full_like(s.x[:8], fill), 0)
+        for name in ("loss", "recon", "kl", "elbo"):
+            v = getattr(r, name)
+            if v is not None and not torch.isfinite(v).all():
+                return Row("gradients_finite", FAILED, f"{name} not finite on all-{int(fill)} input")
+    if missing:
+        return Row("gradients_finite", FAILED if not lacks(model, "posterior") else PASSED,
+                   f"no gradient: {', '.join(missing[:3])}")
+    return Row("gradients_finite", PASSED, "every parameter has a gradient; finite on 0 and 1 inputs")
+
+
+CHECKS: dict[str, Callable[[Subject], Row]] = {
+    "per_example": per_example,
+    "elbo_terms": elbo_terms,
+    "loss_weight": loss_weight,
+    "deterministic": deterministic,
+    "gradients_finite": gradients_finite,
+}
+
+
+def run_checks(s: Subject) -> list[Row]:
+    """Every check; one that raises is a failure with the exception as its reason."""
+    rows = []
+    for name, check in CHECKS.items():
+        try:
+            rows.append(check(s))
+        except Exception as exc:  # noqa: BLE001 - the model's code may raise anything
+            rows.append(Row(name, FAILED, f"raised {type(exc).__name__}: {exc}"[:160]))
+    return rows
