@@ -116,9 +116,28 @@ def gradients_finite(s: Subject) -> Row:
     return Row("gradients_finite", PASSED, "every parameter has a gradient; finite on 0 and 1 inputs")
 
 
+def elbo_monte_carlo(s: Subject, draws: int = 64, samples: int = 256) -> Row:
+    """The reported ELBO equals E_q[log p(x|z) + log p(z) - log q(z|x)] within 4 standard errors."""
+    model = s.build(s.seed).eval()
+    if why := _na(model, "elbo", "posterior", "prior", "likelihood"):
+        return Row("elbo_monte_carlo", NA, why)
+    torch.manual_seed(s.seed)
+    with torch.no_grad():
+        rec = torch.stack([_record(model, s.x, i).elbo.double() for i in range(draws)])  # (R, B)
+        q, p = model.posterior(s.x), model.prior()
+        z = q.sample((samples,))
+        mc = (model.log_likelihood(s.x, z) + p.log_prob(z) - q.log_prob(z)).double()  # (S, B)
+    diff = rec.mean(0) - mc.mean(0)
+    se = ((rec.var(0) / draws + mc.var(0) / samples).sum().sqrt() / len(s.x)).item()
+    gap, bound = diff.mean().item(), 4 * se + 1e-3 * abs(mc.mean().item())
+    reason = f"reported {rec.mean():.2f} vs Monte Carlo {mc.mean():.2f} nats (interval +-{bound:.2f}: 4 s.e., {draws}x{samples} draws)"
+    return Row("elbo_monte_carlo", PASSED if abs(gap) <= bound else FAILED, reason)
+
+
 CHECKS: dict[str, Callable[[Subject], Row]] = {
     "per_example": per_example,
     "elbo_terms": elbo_terms,
+    "elbo_monte_carlo": elbo_monte_carlo,
     "loss_weight": loss_weight,
     "deterministic": deterministic,
     "gradients_finite": gradients_finite,
