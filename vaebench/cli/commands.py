@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the study's Optuna storage, read (never created) to explain a study MLflow lacks")
     rep.add_argument("--results", default="results", help="folder for reports (default ./results)")
 
+    from vaebench.cli import check_model
+
+    check_model.add_arguments(sub.add_parser(
+        "check-model", help="check on tiny data that a model's numbers mean what the leaderboard says"))
+
     rp = sub.add_parser("replay", help="rerun one trial of a report folder from its manifest and check its numbers")
     rp.add_argument("folder", help="a report folder holding manifest.json and trials.csv, e.g. results/beta_sweep")
     rp.add_argument("--trial", type=int, default=None, metavar="N", help="the trial to rerun (default: the best)")
@@ -219,6 +224,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_model(args: argparse.Namespace) -> int:
+    from vaebench.cli import check_model
+
+    return check_model.run(args)
+
+
 def study_name(study: str) -> str:
     """The study a --study argument names: a YAML path means its `name:`, anything else is the name."""
     if Path(study).suffix.lower() not in (".yaml", ".yml"):
@@ -290,7 +301,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "report": cmd_report,
-            "replay": cmd_replay, "ui": cmd_ui}
+            "replay": cmd_replay, "ui": cmd_ui, "check-model": cmd_check_model}
 
 
 def main(argv: list[str] | None = None) -> int:
