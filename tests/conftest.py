@@ -78,3 +78,22 @@ def _dataset_registry() -> Iterator[None]:
         data.DATASETS.clear()
         data.DATASETS.update(saved)
         data.clear_cache()
+
+
+@pytest.fixture(autouse=True)
+def _model_registries() -> Iterator[None]:
+    """Models a test's plugin registers are gone after it (restored in place, as above), and the
+    plugin files count as not run, so the next test that loads one runs it again."""
+    from vaebench.models import plugins, registry
+
+    saved = {kind: dict(entries) for kind, entries in registry.REGISTRIES.items()}
+    origins, loaded = dict(registry.ORIGINS), dict(plugins._LOADED)
+    yield
+    for kind, entries in registry.REGISTRIES.items():
+        if entries != saved[kind]:
+            entries.clear()
+            entries.update(saved[kind])
+    registry.ORIGINS.clear()
+    registry.ORIGINS.update(origins)
+    plugins._LOADED.clear()
+    plugins._LOADED.update(loaded)
