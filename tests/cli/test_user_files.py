@@ -28,8 +28,10 @@ def test_a_report_keeps_the_users_files_and_folders(folder: Path, mlflow_templat
     (folder / "results" / "tiny" / "notes.md").write_text("my notes")
     (folder / "results" / ".tiny.bak").mkdir()
     (folder / "results" / ".tiny.bak" / "report.md").write_text("my copy")
-    code, out, err = main("report", "--study", str(study), "--storage", "sqlite:///optuna.db",
-                          "--tracking-uri", "sqlite:///mlflow.db")
+    # absolute store URLs, as run_cli's: MLflow caches a store per URL string, so a relative
+    # one could reach an earlier test's folder in this process
+    code, out, err = main("report", "--study", str(study), "--storage", f"sqlite:///{folder / 'optuna.db'}",
+                          "--tracking-uri", f"sqlite:///{folder / 'mlflow.db'}")
     assert code == 0 and out == "report: results/tiny/report.md\n", err
     assert (folder / "results" / "tiny" / "notes.md").read_text() == "my notes"
     assert (folder / "results" / ".tiny.bak" / "report.md").read_text() == "my copy"
