@@ -75,9 +75,8 @@ class DatasetSpec(_Strict):
 
 
 class ModelSpec(_Strict):
-    """The model: a registered architecture trained with an objective and a likelihood, or a
-    whole model (a plugin's, bringing its own loss). Hyperparameters beyond the named fields are
-    accepted when the registry declares them (by signature), so a plugin's model takes its own."""
+    """An architecture trained with an objective and a likelihood, or a whole model (a plugin's,
+    bringing its own loss); it takes the hyperparameters the registry declares (by signature)."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
@@ -106,15 +105,14 @@ class ModelSpec(_Strict):
         """An architecture trains as a VAE with a Bernoulli likelihood unless told otherwise."""
         from vaebench import models
 
-        if isinstance(raw, dict) and isinstance(raw.get("arch", "mlp"), str):
-            try:
-                whole = models.is_whole_model(raw.get("arch", "mlp"))
-            except ValueError as exc:
-                raise ValueError(f"arch: {exc}") from None
-            if not whole:
-                raw = {"objective": "vae", "likelihood": "bernoulli"} | {k: v for k, v in raw.items() if v is not None
-                                                                         or k not in ("objective", "likelihood")}
-        return raw
+        if not isinstance(raw, dict) or not isinstance(raw.get("arch", "mlp"), str):
+            return raw
+        try:
+            whole = models.is_whole_model(raw.get("arch", "mlp"))
+        except ValueError as exc:
+            raise ValueError(f"arch: {exc}") from None
+        given = {k: v for k, v in raw.items() if v is not None or k not in ("objective", "likelihood")}
+        return given if whole else {"objective": "vae", "likelihood": "bernoulli"} | given
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
@@ -176,8 +174,7 @@ class TrainSpec(_Strict):
     schedule: ScheduleSpec = ScheduleSpec()
     grad_clip: float | None = Field(None, gt=0)
     kl_warmup_epochs: int = Field(0, ge=0)
-    step: Literal["auto", "eager", "fused", "compiled"] = Field(
-        "auto", description="how an optimizer step runs (train.py): auto picks the fastest exact one")
+    step: Literal["auto", "eager", "fused", "compiled"] = "auto"  # how a step runs (train.py); auto: the fastest exact
 
     @model_validator(mode="after")
     def _within_schedule(self) -> TrainSpec:
@@ -190,10 +187,8 @@ class TrainSpec(_Strict):
 class EvalSpec(_Strict):
     batch_size: int = Field(1024, ge=1)
     iwae_k: int = Field(0, ge=0, description="importance samples for test_iwae_ll; 0 = off")
-    stage_points: int = Field(0, ge=0, description="test_iwae_ll_subset on the first N test examples at the end "
-                                                   "of every schedule stage (needs iwae_k); 0 = off")
-    generation: bool = Field(True, description="generation scores (test_fd_prior, test_fd_gmm, precision/recall, "
-                                               "test_fd_recon) from the pinned feature network; false = off")
+    stage_points: int = Field(0, ge=0, description="test_iwae_ll_subset on N test examples at each stage end; 0 = off")
+    generation: bool = Field(True, description="generation scores from the pinned feature network; false = off")
     generation_samples: int | None = Field(None, ge=2, description="images per sampler; null = the test split's size")
     generation_seed: int = Field(0, ge=0, description="the sample seed of every generation draw (not the training seed)")
 
@@ -302,8 +297,7 @@ class StudySpec(_Strict):
             except ValidationError as exc:
                 raise SettingError(where, format_validation_error(exc, tree)) from None
             has_val = cfg.dataset.val_fraction > 0
-            variational = cfg.model.objective not in DETERMINISTIC_OBJECTIVES  # a whole model: told by its record
-            if metric not in validate.epoch_metrics(variational, has_val):
+            if metric not in validate.epoch_metrics(cfg.model.objective not in DETERMINISTIC_OBJECTIVES, has_val):
                 why = (f"objective {cfg.model.objective!r}" if has_val else
                        "a study without a validation split (dataset.val_fraction 0): optimise a train_ metric such "
                        "as train_loss (direction minimize), or set a val_fraction")
@@ -399,7 +393,6 @@ def load_study(study: str) -> tuple[StudySpec, Path]:
         except ValueError as exc:
             raise InputError(f"{path}: name: {exc} (it comes from the file name: set `name:` in the file)") from None
     from vaebench.models import plugins  # runs the user's files: only when a study names them
-
     plugins.load_listed(raw.get("plugins", ()), path)
     try:
         return StudySpec.model_validate(raw), path
