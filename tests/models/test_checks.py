@@ -41,3 +41,24 @@ def test_batch_summed_kl_fails_per_example() -> None:
 
     rows = {r.name: r for r in checks.run_checks(checks.Subject(build, X))}
     assert rows["per_example"].status == checks.FAILED
+
+
+def test_an_iwae_below_the_reported_elbo_fails_iwae_bound() -> None:
+    """A record that reports an ELBO 5 nats above the true one is refused: the
+    importance-weighted bound of the declared distributions stays below it at every k."""
+    s = subject("vae")
+    inner = s.build
+
+    def build(seed: int):
+        model = inner(seed)
+        loss = model.loss
+
+        def flattering(x, kl_weight=1.0, generator=None):
+            r = loss(x, kl_weight=kl_weight, generator=generator)
+            return models.LossRecord(loss=r.loss, recon=r.recon, kl=r.kl, elbo=r.elbo + 5.0)
+        model.loss = flattering
+        return model
+
+    row = checks.iwae_bound(checks.Subject(build, X))
+    assert row.status == checks.FAILED and "< ELBO" in row.reason
+    assert checks.iwae_bound(subject("vae")).status == checks.PASSED

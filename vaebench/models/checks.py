@@ -134,10 +134,36 @@ def elbo_monte_carlo(s: Subject, draws: int = 64, samples: int = 256) -> Row:
     return Row("elbo_monte_carlo", PASSED if abs(gap) <= bound else FAILED, reason)
 
 
+def iwae_bound(s: Subject, ks: tuple[int, ...] = (1, 10, 100, 1000), draws: int = 64) -> Row:
+    """IWAE_k >= the reported ELBO and does not fall as k grows (k = 1 ... 1000), each beyond
+    4 standard errors of the paired per-example differences."""
+    from vaebench.metrics import iwae_log_likelihood  # metrics builds on models: imported when run
+
+    model = s.build(s.seed).eval()
+    if why := _na(model, "elbo", "posterior", "prior", "likelihood"):
+        return Row("iwae_bound", NA, why)
+    with torch.no_grad():
+        elbo = torch.stack([_record(model, s.x, i).elbo.double() for i in range(draws)]).mean(0)
+    bounds = [iwae_log_likelihood(model, s.x, k, seed=s.seed) for k in ks]
+
+    def below(a: Tensor, b: Tensor) -> bool:  # a falls short of b beyond 4 standard errors
+        d = a - b
+        return d.mean().item() < -4 * (d.std() / math.sqrt(len(d))).item()
+
+    if below(bounds[-1], elbo):
+        return Row("iwae_bound", FAILED, f"IWAE_{ks[-1]} {bounds[-1].mean():.2f} < ELBO {elbo.mean():.2f} nats")
+    for (k, a), (k2, b) in zip(zip(ks, bounds), zip(ks[1:], bounds[1:])):
+        if below(b, a):
+            return Row("iwae_bound", FAILED, f"IWAE_{k2} {b.mean():.2f} < IWAE_{k} {a.mean():.2f} nats")
+    path = " <= ".join(f"{b.mean():.2f}" for b in bounds)
+    return Row("iwae_bound", PASSED, f"ELBO {elbo.mean():.2f} <= IWAE_k for k = {', '.join(map(str, ks))}: {path}")
+
+
 CHECKS: dict[str, Callable[[Subject], Row]] = {
     "per_example": per_example,
     "elbo_terms": elbo_terms,
     "elbo_monte_carlo": elbo_monte_carlo,
+    "iwae_bound": iwae_bound,
     "loss_weight": loss_weight,
     "deterministic": deterministic,
     "gradients_finite": gradients_finite,
