@@ -24,41 +24,32 @@ def test_every_builtin_objective_passes(objective: str) -> None:
     assert all(r.status != checks.FAILED for r in rows), rows
 
 
-def test_batch_summed_kl_fails_per_example() -> None:
-    s = subject("vae")
-    inner = s.build
+def with_record(change) -> checks.Subject:
+    """A vae whose loss record is passed through `change(record, x) -> record`: a planted bug."""
+    inner = subject("vae").build
 
     def build(seed: int):
         model = inner(seed)
         loss = model.loss
-
-        def summed(x, kl_weight=1.0, generator=None):
-            r = loss(x, kl_weight=kl_weight, generator=generator)
-            kl = r.kl.sum().expand(len(x))
-            return models.LossRecord(loss=r.loss, recon=r.recon, kl=kl, elbo=-(r.recon + kl))
-        model.loss = summed
+        model.loss = lambda x, kl_weight=1.0, generator=None: change(loss(x, kl_weight, generator), x)
         return model
 
-    rows = {r.name: r for r in checks.run_checks(checks.Subject(build, X))}
+    return checks.Subject(build, X)
+
+
+def test_batch_summed_kl_fails_per_example() -> None:
+    def summed(r, x):
+        kl = r.kl.sum().expand(len(x))
+        return models.LossRecord(loss=r.loss, recon=r.recon, kl=kl, elbo=-(r.recon + kl))
+
+    rows = {r.name: r for r in checks.run_checks(with_record(summed))}
     assert rows["per_example"].status == checks.FAILED
 
 
 def test_an_iwae_below_the_reported_elbo_fails_iwae_bound() -> None:
     """A record that reports an ELBO 5 nats above the true one is refused: the
     importance-weighted bound of the declared distributions stays below it at every k."""
-    s = subject("vae")
-    inner = s.build
-
-    def build(seed: int):
-        model = inner(seed)
-        loss = model.loss
-
-        def flattering(x, kl_weight=1.0, generator=None):
-            r = loss(x, kl_weight=kl_weight, generator=generator)
-            return models.LossRecord(loss=r.loss, recon=r.recon, kl=r.kl, elbo=r.elbo + 5.0)
-        model.loss = flattering
-        return model
-
-    row = checks.iwae_bound(checks.Subject(build, X))
+    flattering = with_record(lambda r, x: models.LossRecord(loss=r.loss, recon=r.recon, kl=r.kl, elbo=r.elbo + 5.0))
+    row = checks.iwae_bound(flattering)
     assert row.status == checks.FAILED and "< ELBO" in row.reason
     assert checks.iwae_bound(subject("vae")).status == checks.PASSED
