@@ -163,7 +163,7 @@ def train_and_evaluate(
     final = scores | {
         "train_samples_per_s": history.train_samples_per_s,
         "train_seconds": history.train_seconds,
-        "n_params": float(sum(p.numel() for p in model.parameters())),
+        "n_params": float(models.n_params(model)),
     }
     run.log_final(final)  # the last epoch's val_* are logged already
     if board:

@@ -16,6 +16,7 @@ from .base import (
     gaussian_kl_per_dim,
     kl_divergence,
     lacks,
+    n_params,
     reparameterize,
     standard_normal,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "is_whole_model",
     "kl_divergence",
     "lacks",
+    "n_params",
     "register",
     "standard_normal",
     "ACTIVATIONS",

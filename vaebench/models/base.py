@@ -65,6 +65,11 @@ def gaussian_kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
 Objective = Callable[..., LossRecord]
 
 
+def n_params(model: torch.nn.Module) -> int:
+    """Number of trainable parameters, of any model."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 # --- capabilities ----------------------------------------------------------------------------
 # A model declares what it can do in `capabilities`; every metric, chart and artifact asks for
 # the capability it needs, and a model without it gets NaN there with the reason, never a 0.

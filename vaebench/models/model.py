@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .base import CAPABILITIES, LossRecord, diagonal_gaussian, standard_normal
+from .base import CAPABILITIES, LossRecord, diagonal_gaussian, n_params, standard_normal
 from .objectives import OBJECTIVE_CAPABILITIES, OBJECTIVES
 
 
@@ -115,7 +115,7 @@ class VAEModel(nn.Module):
     @property
     def n_params(self) -> int:
         """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return n_params(self)
 
     @property
     def config(self) -> dict[str, Any]:
