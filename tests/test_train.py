@@ -173,12 +173,14 @@ def test_missing_cuda_is_refused() -> None:
         train.resolve_device("cuda")
 
 
-def test_auto_compiles_only_long_fits_on_cpu_without_warmup() -> None:
+def test_auto_compiles_only_long_fits_on_cpu_and_cuda_without_warmup() -> None:
     cpu, many = torch.device("cpu"), train.COMPILE_MIN_STEPS
     assert train.choose_step("auto", cpu, many) == "compiled"
     assert train.choose_step("auto", cpu, many - 1) == "fused"
     assert train.choose_step("auto", cpu, many, kl_warmup=True) == "fused"
     assert train.choose_step("auto", cpu, many, bf16=True) == "fused"
+    assert train.choose_step("auto", torch.device("cuda"), many) == "compiled"  # the device need not exist
+    assert train.choose_step("auto", torch.device("cuda"), many - 1) == "fused"
     assert train.choose_step("auto", torch.device("mps"), many) == "eager"
     assert train.choose_step("eager", cpu, many) == "eager"
     with pytest.raises(ValueError, match="constant KL weight"):

@@ -23,10 +23,13 @@ allocated once. How a step runs is `step` (benchmarks/bench_step.py measures eac
   a resumed trial compiles what the uninterrupted one did) and takes 5-25 s; on CPU the step
   is then 1.6-1.8x the eager one on the IWAE paper's net at batch 20. Not with KL warm-up
   (the weight changes every step) or `bf16`.
-- `auto` (the default): `compiled` on CPU when the fit has at least COMPILE_MIN_STEPS steps
-  (epochs x steps per epoch, where compile time is paid back many times over: a 121-pass
+- `auto` (the default): `compiled` on CPU and CUDA when the fit has at least COMPILE_MIN_STEPS
+  steps (epochs x steps per epoch, where compile time is paid back many times over: a 121-pass
   Burda run has 363,000) and no KL warm-up or bf16, else `fused` (on CPU and CUDA; `eager`
   elsewhere). The rule reads only the fit's arguments, so a config always gets the same step.
+  On CUDA a step never waits for the device: batches are gathered and binarised there, the
+  losses stay on it until the epoch's end, and the noise generator's state (a seed and an
+  offset) is lent without a copy from the device.
 
 Every kind gives bit-identical numbers for the same seed on the same machine, and a resumed
 fit goes on with the kind its checkpoint was started with (a checkpoint from before `step`
@@ -112,7 +115,7 @@ def choose_step(step: str, dev: torch.device, total_steps: int, *, kl_warmup: bo
         raise ValueError("step 'compiled' needs a constant KL weight and no bf16 autocast")
     if step != "auto":
         return step
-    if dev.type == "cpu" and not kl_warmup and not bf16 and total_steps >= COMPILE_MIN_STEPS:
+    if dev.type in ("cpu", "cuda") and not kl_warmup and not bf16 and total_steps >= COMPILE_MIN_STEPS:
         return "compiled"
     return "fused" if dev.type in ("cpu", "cuda") else "eager"
 
