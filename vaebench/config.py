@@ -13,13 +13,12 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vaebench import schedules, validate
 from vaebench.errors import InputError
 from vaebench.report.literature import LiteratureSpec
-from vaebench.studyfile import StudyLoader, format_validation_error
+from vaebench.studyfile import format_validation_error, read_study_file
 from vaebench.validate import SettingError, shown
 
 STUDY_DIRS = (Path("studies"), Path(__file__).resolve().parent / "studies")  # ./studies, then the shipped ones
@@ -123,8 +122,8 @@ class ModelSpec(_Strict):
                 if getattr(self, key) is not None:
                     raise ValueError(f"{key}: model {self.arch!r} brings its own loss; leave {key} out")
         else:
+            models.arch_hparams(self.arch)  # an unknown arch: the error lists architectures and whole models
             for kind, name, known in (
-                ("arch", self.arch, models.ARCHITECTURES),
                 ("objective", self.objective, models.OBJECTIVES),
                 ("likelihood", self.likelihood, models.LIKELIHOODS),
             ):
@@ -377,14 +376,7 @@ def find_study(study: str) -> Path:
 def load_study(study: str) -> tuple[StudySpec, Path]:
     """Read and validate a study file; any problem becomes one InputError line."""
     path = find_study(study)
-    try:
-        raw = yaml.load(path.read_text(), StudyLoader)  # noqa: S506 - a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}{where}: malformed YAML ({getattr(exc, 'problem', exc)})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    raw = read_study_file(path)
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a study file must be a mapping of settings")
     if "name" not in raw:

@@ -1,6 +1,7 @@
 """Models from outside the package: plugin files, import paths, the entry-point group."""
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import sys
 import textwrap
@@ -130,6 +131,26 @@ def test_a_study_file_names_its_plugins_next_to_it(tmp_path: Path, clean_registr
         load_study(str(tmp_path / "study.yaml"))
 
 
+def test_an_unknown_arch_lists_architectures_and_whole_models_plugins_included(tmp_path: Path, clean_registry) -> None:
+    """A study file and check-model name every model.arch there is, a plugin's whole model too."""
+    write_plugin(tmp_path, "listed_ae")
+    study = {"name": "own", "plugins": ["listed_ae.py"], "dataset": {"name": "digits"}, "model": {"arch": "listed_aee"},
+             "search": {"sampler": "grid", "objective": "val_recon", "direction": "minimize", "space": {"seed": [0]}}}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    with pytest.raises(InputError) as err:
+        load_study(str(tmp_path / "study.yaml"))
+    assert "unknown arch 'listed_aee'; known: conv, mlp, tutorial_mlp; whole models: " in str(err.value)
+    assert "listed_ae" in str(err.value).split("whole models: ")[1]
+    from vaebench.cli import check_model
+
+    parser = argparse.ArgumentParser()
+    check_model.add_arguments(parser)
+    args = parser.parse_args(["listed_aee", "--plugin", str(tmp_path / "listed_ae.py")])
+    assert check_model.run(args) == 2
+    with pytest.raises(ValueError, match=r"whole models: .*listed_ae"):
+        models.build("listed_aee", input_shape=(1, 8, 8))
+
+
 def test_an_import_path_names_a_model_without_registering_it(tmp_path: Path, clean_registry,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "user_pkg").mkdir()
@@ -191,6 +212,23 @@ def test_kl_is_analytic_where_torch_knows_it_else_monte_carlo_with_the_count_sta
     truth = (q.log_prob(z) - mixture.log_prob(z)).mean(0)
     torch.testing.assert_close(estimate, truth, rtol=0, atol=0.05)
     assert (estimate > 0).all()
+
+
+def test_a_seeded_monte_carlo_kl_draws_each_examples_noise_apart_from_its_batch() -> None:
+    """With a generator, an example's draws are the same alone and inside a bigger batch, so
+    a Monte Carlo KL is per example (check-model's per_example); the given draws are used as is."""
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    from vaebench.models.base import diagonal_gaussian, draw, kl_divergence
+
+    mu, logvar = torch.randn(32, 3), torch.randn(32, 3) * 0.3  # 16 of them: whole blocks of torch's randn
+    mixture = MixtureSameFamily(Categorical(logits=torch.zeros(2)), Independent(Normal(torch.randn(2, 3), torch.ones(2, 3)), 1))
+    big = draw(diagonal_gaussian(mu, logvar), 5, torch.Generator().manual_seed(1))
+    small = draw(diagonal_gaussian(mu[:16], logvar[:16]), 5, torch.Generator().manual_seed(1))
+    assert big.shape == (5, 32, 3) and torch.equal(small, big[:, :16])
+    kl, how = kl_divergence(diagonal_gaussian(mu, logvar), mixture, z=big)
+    assert how == "monte carlo, 5 samples"
+    torch.testing.assert_close(kl, (diagonal_gaussian(mu, logvar).log_prob(big) - mixture.log_prob(big)).mean(0))
 
 
 def test_capabilities_are_checked_names() -> None:

@@ -79,6 +79,7 @@ CAPABILITIES: dict[str, str] = {
     "posterior": "q(z|x) as a torch distribution: posterior(x); Gaussian ones may also encode(x) -> (mu, logvar)",
     "prior": "p(z) as a torch distribution with log_prob and sample: prior()",
     "likelihood": "log p(x|z) per example: log_likelihood(x, z), z with leading sample dimensions",
+    "decoder_distribution": "p(x|z) as a torch distribution over images: decoder_distribution(z), z (..., B, D)",
     "sample": "images in [0, 1] from the prior: sample(n, generator)",
     "codes": "the codes latent metrics read, (B, D): codes(x) (posterior means, quantised codes)",
 }
@@ -114,12 +115,27 @@ def diagonal_gaussian(mu: Tensor, logvar: Tensor) -> Distribution:
     return Independent(Normal(mu, torch.exp(0.5 * logvar)), 1)
 
 
-def kl_divergence(q: Distribution, p: Distribution, samples: int = 64) -> tuple[Tensor, str]:
+def draw(q: Distribution, samples: int, generator: torch.Generator | None = None) -> Tensor:
+    """(samples, *batch, *event) draws z ~ q, reparameterised where q allows. With a generator, a
+    diagonal Gaussian draws its noise example by example (batch-major), so an example's draws do
+    not depend on the batch it sits in (check-model's per_example); other distributions draw from
+    torch's global generator (their `rsample` takes none)."""
+    base = q.base_dist if isinstance(q, Independent) else q
+    if generator is None or not isinstance(base, Normal):
+        return q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
+    loc = base.loc
+    eps = torch.randn((*q.batch_shape, samples, *q.event_shape), generator=generator, dtype=loc.dtype, device=loc.device)
+    return loc + base.scale * eps.movedim(len(q.batch_shape), 0)
+
+
+def kl_divergence(q: Distribution, p: Distribution, samples: int = 64, generator: torch.Generator | None = None,
+                  z: Tensor | None = None) -> tuple[Tensor, str]:
     """KL(q || p) per example and how it was computed: analytic where torch knows the closed
-    form, else a Monte Carlo mean of log q(z) - log p(z) over `samples` draws of z ~ q (the
-    method says how many)."""
+    form, else a Monte Carlo mean of log q(z) - log p(z) over `samples` draws of z ~ q (`draw`,
+    from `generator`), or over the draws `z` given (S, *batch, D), e.g. those a model's
+    reconstruction used; the method says how many."""
     try:
         return torch.distributions.kl_divergence(q, p), "analytic"
     except NotImplementedError:
-        z = q.rsample((samples,)) if q.has_rsample else q.sample((samples,))
-        return (q.log_prob(z) - p.log_prob(z)).mean(0), f"monte carlo, {samples} samples"
+        z = draw(q, samples, generator) if z is None else z
+        return (q.log_prob(z) - p.log_prob(z)).mean(0), f"monte carlo, {len(z)} samples"

@@ -11,8 +11,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Bernoulli as TorchBernoulli
 
 from .base import LOG_2PI
+
+IMAGE_DIMS = 3  # an image (C, H, W) is one event of p(x|z)
 
 
 def sum_per_sample(t: Tensor) -> Tensor:
@@ -42,6 +46,11 @@ class Bernoulli(nn.Module):
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z] = sigmoid(logits), in [0, 1] (for pictures)."""
         return torch.sigmoid(params)
+
+    def distribution(self, params: Tensor) -> Distribution:
+        """p(x|z) as torch's own Bernoulli on the logits: check-model's independent reference for
+        `nll` (unvalidated, so grey levels in [0, 1] get the same surrogate as `nll`)."""
+        return Independent(TorchBernoulli(logits=params, validate_args=False), IMAGE_DIMS)
 
 
 class Gaussian(nn.Module):
@@ -73,6 +82,10 @@ class Gaussian(nn.Module):
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z] = params, clamped to the image range [0, 1] (for pictures)."""
         return params.clamp(0.0, 1.0)
+
+    def distribution(self, params: Tensor) -> Distribution:
+        """p(x|z) as torch's own Normal, normaliser included: check-model's reference for `nll`."""
+        return Independent(Normal(params, self.log_sigma.clamp(min=self.MIN_LOG_SIGMA).exp()), IMAGE_DIMS)
 
 
 LIKELIHOODS: dict[str, type[nn.Module]] = {

@@ -81,6 +81,11 @@ class VAEModel(nn.Module):
         xs = x.expand(*lead, *x.shape).reshape(-1, *x.shape[1:])
         return -self.nll(self.decode(flat), xs).view(*lead, x.shape[0])
 
+    def decoder_distribution(self, z: Tensor) -> Distribution:
+        """p(x|z) for z (..., B, latent_dim) as the likelihood's torch distribution over images."""
+        params = self.decode(z.reshape(-1, z.shape[-1]))
+        return self.likelihood.distribution(params.view(*z.shape[:-1], *params.shape[1:]))
+
     def codes(self, x: Tensor) -> Tensor:
         """The posterior means mu(x): the codes the latent metrics read."""
         return self.encode(x)[0]
@@ -104,8 +109,10 @@ class VAEModel(nn.Module):
     # Facts ---------------------------------------------------------------------------
     @property
     def capabilities(self) -> frozenset[str]:
-        """What this model can do: everything, unless its objective says less."""
-        return OBJECTIVE_CAPABILITIES.get(self.objective, frozenset(CAPABILITIES))
+        """What this model can do: everything, unless its objective says less; a decoder
+        distribution where its likelihood has a torch form (the discretized logistic has none)."""
+        can = OBJECTIVE_CAPABILITIES.get(self.objective, frozenset(CAPABILITIES))
+        return can if hasattr(self.likelihood, "distribution") else can - {"decoder_distribution"}
 
     @property
     def is_variational(self) -> bool:

@@ -77,7 +77,10 @@ def lookup(registry: dict[str, Any], kind: str, name: str) -> Any:
     if name not in registry and ":" in name:
         plugins.resolve("model" if registry is MODELS else kind, name)
     if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; known: {', '.join(sorted(registry))}")
+        known = ", ".join(sorted(registry))
+        if registry is ARCHITECTURES:  # model.arch also takes a whole model: name those too
+            known += f"; whole models: {', '.join(sorted(MODELS)) or '(none registered)'}"
+        raise ValueError(f"unknown {kind} {name!r}; known: {known}")
     return registry[name]
 
 
