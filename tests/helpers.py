@@ -93,6 +93,22 @@ def run_cli(folder: Path, study: Path | str, *flags: str) -> tuple[int, str, str
     return code, out.getvalue(), err.getvalue()
 
 
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def refused_line(folder: Path, *argv: str) -> str:
+    """The CLI in `folder` exits 2 with one line on stderr, writing no file."""
+    before = snapshot(folder)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(list(argv))
+    lines = err.getvalue().splitlines()
+    assert (code, len(lines)) == (2, 1), (code, lines)
+    assert snapshot(folder) == before
+    return lines[0]
+
+
 def load(cwd: Path, study: str, storage: str | None = None) -> optuna.Study:
     if storage and storage.endswith(".journal"):
         return optuna.load_study(study_name=study, storage=JournalStorage(JournalFileBackend(str(cwd / storage))))

@@ -2,15 +2,13 @@
 refused in one line that says what to do, before anything is written; --fresh starts over."""
 from __future__ import annotations
 
-import contextlib
-import io
 import shutil
 from pathlib import Path
 
 import pytest
 
-from helpers import load, mlflow_runs, run_cli, seeded, write_study
-from vaebench import cli, search
+from helpers import load, mlflow_runs, refused_line, run_cli, seeded, write_study
+from vaebench import search
 
 
 def finished_study(folder: Path, template: Path) -> Path:
@@ -26,22 +24,6 @@ def runs(folder: Path) -> list[tuple[str, str, int]]:
     """(run id, status, end time) of every run of the study."""
     parents, children = mlflow_runs(folder, "lost")
     return sorted((r.info.run_id, r.info.status, r.info.end_time) for r in parents + children)
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def refused_line(folder: Path, *argv: str) -> str:
-    """The CLI in `folder` exits 2 with one line on stderr, writing no file."""
-    before = snapshot(folder)
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        code = cli.main(list(argv))
-    lines = err.getvalue().splitlines()
-    assert (code, len(lines)) == (2, 1), (code, lines)
-    assert snapshot(folder) == before
-    return lines[0]
 
 
 @pytest.mark.slow  # two studies trained in this process

@@ -16,7 +16,8 @@ from vaebench.search import interrupt
 from vaebench.errors import InputError, StoreFailure
 from vaebench.stores import short_reason
 from vaebench.cli.outcome import GuardedStream, failure_summary, lost_output_line, where_reasons
-from vaebench.cli.runchecks import check_devices, check_distinct_stores, check_flags, check_results, tracked_store
+from vaebench.cli.runchecks import (check_devices, check_distinct_stores, check_flags, check_out_file, check_port,
+                                    check_results, check_stores_writable, tracked_store)
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -148,8 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     search.check_storage(args.storage)
     tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
     check_distinct_stores(args.storage, tracking_uri)
+    check_stores_writable(args, tracking_uri)
     if not args.fresh:
         search.check_before_run(spec.name, args.storage, tracking_uri)
+        search.check_settings(spec, str(path), args.storage)
     trial.check_data(spec, path, args.data_dir)
     if args.threads:
         import torch
@@ -246,7 +249,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     name = study_name(args.study)
     out = Path(args.out) if args.out else safe_child(Path("results"), name) / "leaderboard.csv"
-    check_results(out.parent, "--out")
+    check_out_file(out)
     board = report.leaderboard(tracked_store(args, name), name, args.per_trial)
     report.write_csv(board, out)
     print(f"{len(board)} {'trials' if args.per_trial else 'configurations'} -> {out}")
@@ -292,6 +295,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from vaebench import tracking
     from vaebench.tracking import view as mlflow_view
 
+    check_port(args.host, args.port)
     cmd = ui_command(args)
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     for name, url in mlflow_view.study_links(tracking.resolve_tracking_uri(args.tracking_uri), base):

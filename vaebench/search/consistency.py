@@ -10,24 +10,27 @@ that is not there is read as empty, never opened).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 from mlflow import MlflowClient
 
 from vaebench import tracking as tk
 from vaebench.errors import InputError
-from vaebench.search.attrs import PARENT_ATTR
+from vaebench.search.attrs import PARENT_ATTR, SETTINGS_ATTR
 from vaebench.search.storage import journal_path, open_storage
 from vaebench.stores import redact, short_reason, sqlite_path
 
 
 @dataclass
 class OptunaSide:
-    """What the Optuna storage holds of a study: whether it exists, its trials, its parent run id."""
+    """What the Optuna storage holds of a study: whether it exists, its trials, its parent run id,
+    the settings it runs with (None: not recorded)."""
 
     exists: bool = False
     trials: int = 0
     parent_id: str | None = None
+    settings: dict[str, Any] | None = None
 
 
 def _missing_file(url: str) -> bool:
@@ -45,7 +48,8 @@ def optuna_side(storage_url: str, name: str) -> OptunaSide:
     except KeyError:
         return OptunaSide()
     trials = len(storage.get_all_trials(study_id, deepcopy=False))
-    return OptunaSide(True, trials, storage.get_study_user_attrs(study_id).get(PARENT_ATTR))
+    attrs = storage.get_study_user_attrs(study_id)
+    return OptunaSide(True, trials, attrs.get(PARENT_ATTR), attrs.get(SETTINGS_ATTR))
 
 
 def mlflow_parents(tracking_uri: str, name: str) -> tuple[list[str], int]:

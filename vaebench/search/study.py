@@ -17,6 +17,7 @@ from vaebench import trial as pipeline
 from vaebench import tracking as tk
 from vaebench.config import StudySpec
 from vaebench.search.attrs import PARENT_ATTR
+from vaebench.search import settings
 from vaebench.search.consistency import check_before_run, start_fresh
 from vaebench.search.space import create_study
 from vaebench.search.storage import checkpoint_folder, heartbeat_enabled, open_storage, setup_lock
@@ -91,6 +92,7 @@ def run_study(
             check_before_run(spec.name, storage_url, tracking_uri)
         storage = open_storage(storage_url)
         study = create_study(spec, storage)
+        settings.record(study, spec, study_path)  # a changed study file is refused, never mixed in
         tracker = StudyTracker.open(tracking_uri, spec.name)
         doc = None
         if not tracker.has_run(study.user_attrs.get(PARENT_ATTR)):  # a new parent run: what reruns and checks it
