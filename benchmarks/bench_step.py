@@ -13,7 +13,7 @@ Variants (`loop` ones are hand-written loops: index batches, `model.loss`, Adam)
   `step` existed (one fit call per round; the baseline of every ratio).
 - `loop foreach`: the same step as a bare loop (bit for bit `fit eager`).
 - `loop fused`: `torch.optim.Adam(fused=True)` and its `.step()`.
-- `loop fused kernel`: the fused kernel called directly (`train.fused_adam_step`).
+- `loop fused kernel`: the fused kernel called directly (`train.fused_adam_stepper`).
 - `loop fused kernel, preallocated`: + batches gathered and binarised into buffers made once.
 - `loop compile(loss) + fused`: `torch.compile(model.loss)` given the generator (dynamo
   breaks the graph at the noise draw) + `Adam(fused=True)`.
@@ -72,7 +72,7 @@ class Loop:
         fused = optimizer != "foreach"
         self.opt = torch.optim.Adam(model.parameters(), lr=LR, eps=eps, foreach=not fused or None,
                                     fused=fused or None)
-        self.opt_step = (lambda: train.fused_adam_step(self.opt)) if optimizer == "kernel" else self.opt.step
+        self.opt_step = train.fused_adam_stepper(self.opt) if optimizer == "kernel" else self.opt.step
         self.whole = loss == "whole"
         if loss == "compile":
             self.loss_fn = torch.compile(model.loss, dynamic=False)

@@ -246,3 +246,20 @@ def test_a_checkpoint_from_before_step_kinds_goes_on_eager(digits: data.Dataset)
     history = fit(resumed, digits, epochs=2, checkpointing=train.Checkpointing(lambda s: None, resume=old))
     assert history.step == "eager" and history.epochs == reference.epochs
     assert all(torch.equal(p, q) for p, q in zip(expected.parameters(), resumed.parameters()))
+
+
+def test_the_cpp_wrapper_changes_no_bit(digits: data.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU the compiled loss is called through inductor's C++ wrapper: only the caller of
+    the kernels changes, so the parameters after an epoch equal the Python wrapper's bit for bit."""
+    with_cpp = make()
+    fit(with_cpp, digits, epochs=1, step="compiled")
+    real = torch.compile
+
+    def python_wrapper(fn, **kw):
+        assert kw["options"].pop("cpp_wrapper") is True
+        return real(fn, **kw)
+
+    monkeypatch.setattr(torch, "compile", python_wrapper)
+    without = make()
+    fit(without, digits, epochs=1, step="compiled")
+    assert all(torch.equal(p, q) for p, q in zip(with_cpp.parameters(), without.parameters()))
