@@ -1,5 +1,6 @@
-"""The checks that come before anything is written: `run`'s flags, devices, the results folder
-and stores that cannot both be the same file; the store a report reads back."""
+"""The checks that come before anything is written: `run`'s flags, devices, the results folder,
+stores that cannot both be the same file or are read-only; the store a report reads back; the
+leaderboard's file; the UI's port."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,8 @@ def check_flags(args: argparse.Namespace, spec: StudySpec, path: Path) -> None:
         raise InputError(f"--checkpoint-minutes {args.checkpoint_minutes}: must be a positive number")
     if not 0 <= args.checkpoint_min_seconds < float("inf"):
         raise InputError(f"--checkpoint-min-seconds {args.checkpoint_min_seconds}: must be 0 or more")
+    if args.tensorboard:  # written only once a trial runs: a file there would fail every trial
+        check_results(Path(args.tensorboard), "--tensorboard")
 
 
 def check_devices(spec: StudySpec, path: Path, flag: str | None) -> None:
@@ -64,6 +67,15 @@ def check_results(results: Path, what: str = "--results", study: str | None = No
         check_target(results, study)
 
 
+def check_out_file(out: Path, what: str = "--out") -> None:
+    """A file can be written at `out`: its folder passes check_results, and nothing but a file is
+    there already (a folder would be left holding the temporary file)."""
+    check_results(out.parent, what)
+    if out.is_dir() or (out.exists() and not out.is_file()):
+        raise InputError(f"{what} {out}: {'a folder' if out.is_dir() else 'not a file'}; give the path of a "
+                         "CSV file (e.g. leaderboard.csv)")
+
+
 def check_distinct_stores(storage_url: str, tracking_uri: str) -> None:
     """Optuna and MLflow each need their own SQLite file (two schemas in one file would be
     migrated half-way by the second)."""
@@ -72,6 +84,41 @@ def check_distinct_stores(storage_url: str, tracking_uri: str) -> None:
     optuna_file, mlflow_file = sqlite_path(storage_url), sqlite_path(tracking_uri)
     if optuna_file is not None and mlflow_file is not None and optuna_file.resolve() == mlflow_file.resolve():
         raise InputError(f"--storage {storage_url}: the same file as the MLflow tracking URI; give each its own")
+
+
+def check_stores_writable(args: argparse.Namespace, tracking_uri: str) -> None:
+    """`run` writes both stores: an SQLite or journal file already there must be writable (the
+    folder, where SQLite puts its journal, is checked with the URL). Not checked for reading a
+    study back (report, leaderboard), which writes neither."""
+    from vaebench.search import journal_path
+    from vaebench.stores import redact, sqlite_path
+
+    flag = "--tracking-uri" if args.tracking_uri else "tracking URI"
+    for what, url, path in (("--storage", args.storage, sqlite_path(args.storage) or journal_path(args.storage)),
+                            (flag, tracking_uri, sqlite_path(tracking_uri))):
+        if path is not None and path.exists() and not os.access(path, os.W_OK):
+            raise InputError(f"{what} {redact(url)}: {path} is read-only; `run` writes to it")
+
+
+def check_port(host: str, port: int) -> None:
+    """The UI's port is one the server can listen on: 1-65535 (0 would let the system pick one
+    that the printed links do not name) and free on `host`."""
+    import socket
+
+    from vaebench.stores import short_reason
+
+    if not 1 <= port <= 65535:
+        raise InputError(f"--port {port}: must be 1 to 65535")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(f"--host {host}: not an address to listen on ({short_reason(exc)})") from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise InputError(f"--port {port}: cannot listen on {host} ({short_reason(exc)})") from None
 
 
 def tracked_store(args: argparse.Namespace, name: str) -> str:

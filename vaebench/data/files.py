@@ -250,6 +250,9 @@ def load_files(name: str, data_dir: Path | None) -> RawData:
         raise InputError(f"{name}: cannot read {source / files.folder} ({_reason(exc)})") from None
     if any(len(i) != len(l) for i, l in zip(images, labels)):
         raise InputError(f"{name}: {source / files.folder}: images and labels differ in number")
+    for part, found in zip(("training", "test"), images):
+        if len(found) == 0:  # a valid but empty file (a header alone): no split could be made of it
+            raise InputError(f"{name}: {source / files.folder}: the official {part} part holds no images")
     x = np.empty((sum(len(i) for i in images), *images[0].shape[1:]), dtype=np.float32)
     np.divide(images[0], np.float32(255), out=x[: len(images[0])], dtype=np.float32)
     np.divide(images[1], np.float32(255), out=x[len(images[0]):], dtype=np.float32)
