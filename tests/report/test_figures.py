@@ -12,7 +12,7 @@ from PIL import Image
 from vaebench import models
 
 from vaebench.report import figures
-from vaebench.tracking import charts
+from vaebench.tracking import charts, grids
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -54,25 +54,25 @@ def test_traversals_has_one_row_per_latent_dimension(tmp_path, latent_dim):
     model = tiny_model(latent_dim)
     model.train()
     steps = 5
-    path = charts.traversals(model, torch.rand(1, 8, 8), tmp_path / "t.png", steps=steps)
+    path = grids.traversals(model, torch.rand(1, 8, 8), tmp_path / "t.png", steps=steps)
     image = open_png(path)
     tile = 32  # 8x8 upscaled by ceil(28 / 8) = 4
-    pad = charts.PAD
+    pad = grids.PAD
     assert image.size == (steps * (tile + pad) + pad, latent_dim * (tile + pad) + pad)
     assert model.training, "the caller's train mode is restored"
 
 
 def test_traversals_accepts_a_batch_and_uses_its_first_example(tmp_path):
     model = tiny_model()
-    one = open_png(charts.traversals(model, torch.rand(4, 1, 8, 8), tmp_path / "a.png", steps=3))
+    one = open_png(grids.traversals(model, torch.rand(4, 1, 8, 8), tmp_path / "a.png", steps=3))
     assert one.size[1] == 3 * 34 + 2
 
 
 def test_reconstructions_and_samples_still_write_grids(tmp_path):
     model = tiny_model()
-    rec = open_png(charts.reconstructions(model, torch.rand(6, 1, 8, 8), tmp_path / "r.png", n=4))
+    rec = open_png(grids.reconstructions(model, torch.rand(6, 1, 8, 8), tmp_path / "r.png", n=4))
     assert rec.size == (4 * 34 + 2, 2 * 34 + 2)
-    smp = open_png(charts.samples(model, tmp_path / "s.png", n=16))
+    smp = open_png(grids.samples(model, tmp_path / "s.png", n=16))
     assert smp.size == (8 * 34 + 2, 2 * 34 + 2)
 
 

@@ -3,7 +3,7 @@
 - runs: tag names, the status map, parent and child runs (TrialRun, StudyTracker); its
   names are this package's face;
 - artifacts: what a trial logs besides metrics (pictures, weights, the logged model);
-- charts: the pictures of one trained model (grids, latent PCA, KL per dimension);
+- grids, charts: the pictures of one trained model (image grids; latent PCA, KL per dimension);
 - light_model: the light MLflow model (vaebench's weights, loaded by vaebench);
 - ui, view: what MLflow's UI shows of a study (datasets, names, the saved comparison view);
 - tensorboard: the same scalars as TensorBoard event files.

@@ -29,6 +29,7 @@ from vaebench import __version__, data, metrics, models
 from vaebench.metrics.sampling import Generated
 
 from vaebench.tracking import charts as figures
+from vaebench.tracking import grids
 from vaebench.tracking.tensorboard import TensorBoardRun
 from vaebench.tracking.runs import MODEL_FORMAT, MODEL_URI, TrialRun
 
@@ -49,12 +50,12 @@ def log_trial(
     x, kl = ds.test.x, None
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        files = [figures.reconstructions(model, x, folder / "reconstructions.png")]
+        files = [grids.reconstructions(model, x, folder / "reconstructions.png")]
         can = models.capabilities(model)
         if "sample" in can:
-            files.append(figures.samples(model, folder / "samples.png"))
+            files.append(grids.samples(model, folder / "samples.png"))
         if gaussian_vae(model):  # traversals and the KL per dimension read a Gaussian posterior and N(0, I)
-            files.append(figures.traversals(model, x[:1], folder / "traversals.png"))
+            files.append(grids.traversals(model, x[:1], folder / "traversals.png"))
             kl = metrics.kl_per_dim(model, x)
             table = folder / "kl_per_dim.csv"
             table.write_text("dim,kl_nats\n" + "".join(f"{d},{v:.6g}\n" for d, v in enumerate(kl)))
@@ -83,7 +84,7 @@ def log_generation(generated: Generated, run: TrialRun, board: TensorBoardRun | 
     if not generated.grids:
         return
     with tempfile.TemporaryDirectory() as tmp:
-        path = figures.side_by_side(list(generated.grids.values()), Path(tmp) / GENERATION_PICTURE)
+        path = grids.side_by_side(list(generated.grids.values()), Path(tmp) / GENERATION_PICTURE)
         run.log_artifact(path)
         if board:
             board.log_picture(path, step)
