@@ -23,7 +23,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Bernoulli, Distribution, Independent
 
 from vaebench.models import LossRecord, diagonal_gaussian, register, standard_normal
 
@@ -34,14 +34,14 @@ class TutorialVAE(nn.Module):
     """784-128-64 MLP encoder with separate mean and log-variance heads, Bernoulli decoder;
     `bug` plants one of BUGS (None: the correct model)."""
 
-    capabilities = frozenset({"elbo", "posterior", "prior", "likelihood", "sample", "codes"})
+    capabilities = frozenset({"elbo", "posterior", "prior", "likelihood", "decoder_distribution", "sample", "codes"})
 
     def __init__(self, input_shape: tuple[int, int, int], latent_dim: int, hidden: int = 128,
-                 bug: str | None = None) -> None:
+                 beta: float = 1.0, bug: str | None = None) -> None:
         super().__init__()
         if bug is not None and bug not in BUGS:
             raise ValueError(f"bug: one of {', '.join(BUGS)}")
-        self.shape, self.latent_dim, self.bug = tuple(input_shape), latent_dim, bug
+        self.shape, self.latent_dim, self.beta, self.bug = tuple(input_shape), latent_dim, beta, bug
         d = math.prod(input_shape)
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU())
         self.mu, self.logvar = nn.Linear(hidden, latent_dim), nn.Linear(hidden, latent_dim)
@@ -62,6 +62,11 @@ class TutorialVAE(nn.Module):
         logits = self.dec(z)
         target = x.flatten(1).expand_as(logits)
         return -nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+
+    def decoder_distribution(self, z: Tensor) -> Distribution:
+        """p(x|z) as torch's Bernoulli on the decoder's logits, one event per image."""
+        logits = self.dec(z).view(*z.shape[:-1], *self.shape)
+        return Independent(Bernoulli(logits=logits, validate_args=False), len(self.shape))
 
     def codes(self, x: Tensor) -> Tensor:
         return self.encode(x)[0]
@@ -89,7 +94,7 @@ class TutorialVAE(nn.Module):
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
         if self.bug == "batch_summed_kl":
             kl = kl.sum().expand(len(x))
-        return LossRecord(loss=(recon + kl_weight * kl).mean(), recon=recon, kl=kl, elbo=-(recon + kl))
+        return LossRecord(loss=(recon + self.beta * kl_weight * kl).mean(), recon=recon, kl=kl, elbo=-(recon + kl))
 
 
 register("model", "tutorial_vae")(TutorialVAE)
