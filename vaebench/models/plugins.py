@@ -50,6 +50,9 @@ def load_file(path: str | Path, relative_to: Path | None = None) -> str:
     if not resolved.is_file():
         raise InputError(f"{resolved}: plugin file not found")
     digest = file_hash(resolved)
+    if digest in _LOADED.values():  # the same code at another path (a logged model's copy): run once
+        _LOADED[resolved] = digest
+        return digest
     name = f"vaebench_plugin_{resolved.stem}_{digest[:8]}"
     spec = importlib.util.spec_from_file_location(name, resolved)
     assert spec is not None and spec.loader is not None
@@ -71,6 +74,16 @@ def load_listed(files: Any, study_file: Path) -> dict[str, str]:
     if not isinstance(files, (list, tuple)) or not all(isinstance(p, str) and p for p in files):
         raise InputError(f"{study_file}: plugins: a list of Python files, e.g. [my_models.py]")
     return {p: load_file(p, study_file.parent) for p in files}
+
+
+def source_file(arch: str) -> str | None:
+    """The plugin file that registered `arch` (an architecture or whole model), None when no
+    plugin file did: what a logged model carries so that it loads where the plugin is not."""
+    for kind in ("model", "arch"):
+        where = ORIGINS.get((kind, arch), "")
+        if where.startswith("plugin "):
+            return where.removeprefix("plugin ")
+    return None
 
 
 def loaded_files() -> dict[str, str]:

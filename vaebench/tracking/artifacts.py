@@ -26,6 +26,7 @@ from mlflow.models import infer_signature
 from safetensors.torch import save_file
 
 from vaebench import __version__, data, metrics, models
+from vaebench.models import plugins
 from vaebench.metrics.sampling import Generated
 
 from vaebench.tracking import charts as figures
@@ -39,6 +40,7 @@ GENERATION_PICTURE = "generation_samples.png"  # prior samples left, fitted-mixt
 # itself with MLflow), which reads its files by these artifact names.
 LIGHT_MODEL = Path(__file__).with_name("light_model.py")
 LIGHT_ARTIFACTS = ("weights", "config")
+LIGHT_PLUGIN = "plugin"  # and, for a plugin's model, the plugin file, run before the model is built
 LIGHT_TYPE = "vaebench-light"  # the logged model's type, so that the standalone one can replace it
 
 
@@ -133,6 +135,9 @@ def _log_standalone(run: TrialRun, experiment_id: str, name: str, params: dict[s
 def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, str], step: int,
                model: models.VAEModel, example: np.ndarray, folder: Path) -> None:
     weights, config = folder / "weights.safetensors", folder / "config.json"
+    files = dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)]))
+    if source := plugins.source_file(model.config["arch"]):  # a plugin's model loads with its file
+        files[LIGHT_PLUGIN] = source
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     config.write_text(json.dumps(model.config))
     with torch.no_grad():
@@ -141,7 +146,7 @@ def _log_light(run: TrialRun, experiment_id: str, name: str, params: dict[str, s
         warnings.filterwarnings("ignore", message=".*input example was not provided")
         run.log_model(mlflow.pyfunc, experiment_id, name, params, step, "vaebench", model_type=LIGHT_TYPE,
                       python_model=str(LIGHT_MODEL),
-                      signature=signature, artifacts=dict(zip(LIGHT_ARTIFACTS, [str(weights), str(config)])),
+                      signature=signature, artifacts=files,
                       pip_requirements=[f"vaebench=={__version__}", *_requirements()])
 
 

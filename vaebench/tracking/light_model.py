@@ -15,6 +15,7 @@ from mlflow.pyfunc import PythonModel
 
 WEIGHTS, CONFIG = "weights", "config"  # its artifacts (vaebench.tracking.artifacts.LIGHT_ARTIFACTS): safetensors
 # weights and the JSON config of vaebench.models.build
+PLUGIN = "plugin"  # a plugin's model also carries its plugin file (artifacts.LIGHT_PLUGIN), run before the build
 
 
 class VAEPythonModel(PythonModel):
@@ -29,7 +30,10 @@ class VAEPythonModel(PythonModel):
         from safetensors.torch import load_file
 
         from vaebench import models
+        from vaebench.models import plugins
 
+        if PLUGIN in context.artifacts:  # registers the model's name (once per process, whatever the path)
+            plugins.load_file(context.artifacts[PLUGIN])
         with open(context.artifacts[CONFIG]) as fh:
             self.model = models.build(**json.load(fh))
         self.model.load_state_dict(load_file(context.artifacts[WEIGHTS]))
