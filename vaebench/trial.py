@@ -153,7 +153,7 @@ def train_and_evaluate(
     scores = metrics.evaluate(model, ds, **evaluate_settings(cfg))
     reasons = metrics.skipped(model, "test", cfg.eval.iwae_k, ds.test.factors is not None)
     if reasons:  # why a score is NaN: the model lacks the capability it needs
-        run.set_tags({f"{sampling.SKIPPED}{name}": why for name, why in reasons.items()})
+        run.set_tags(artifacts.skipped_tags(reasons))
     bad = [k for k, v in scores.items()
            if k.endswith(("_elbo", "_recon", "_kl")) and k not in reasons and not math.isfinite(v)]
     if bad:

@@ -86,6 +86,20 @@ def test_features_and_classes_have_the_promised_form() -> None:
     assert x.grad is None and np.array_equal(fn.features(x.double()), feats)
 
 
+def test_scoring_gives_the_numbers_of_the_trained_graph() -> None:
+    """Without autograd the pools run first, channels-last: bit for bit the training graph's features."""
+    gen = torch.Generator().manual_seed(2)
+    grey = torch.rand((300, 1, 28, 28), generator=gen)
+    net = fn.load()
+    for x in (grey, (torch.rand(grey.shape, generator=gen) < grey).float()):
+        with torch.enable_grad():
+            trained = net.features(x.requires_grad_(True)).detach()
+        with torch.inference_mode():
+            assert torch.equal(net.features(x.detach()), trained)
+        with torch.no_grad():
+            assert torch.equal(net(x.detach()), net.fc2(trained))
+
+
 @pytest.mark.parametrize("images, reason", [
     (torch.rand(4, 28, 28), r"\(N, 1, 28, 28\), not \(4, 28, 28\)"),
     (torch.rand(4, 1, 8, 8), "not"),  # the 8x8 digits

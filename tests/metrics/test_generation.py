@@ -154,6 +154,16 @@ def test_larger_neighbourhoods_never_lower_precision_or_recall() -> None:
         assert values == sorted(values) and 0 < values[0] < 1
 
 
+def test_reference_radii_computed_once_give_the_same_scores() -> None:
+    rng = np.random.default_rng(12)
+    real, fake = rng.normal(size=(300, 8)), rng.normal(0.3, 1.2, size=(250, 8))
+    radii = gen.knn_radii(real, 3)
+    assert radii.shape == (300,) and (radii > 0).all()
+    assert gen.precision_recall(real, fake, 3, real_radii=radii) == gen.precision_recall(real, fake, 3)
+    with pytest.raises(ValueError, match="real_radii"):
+        gen.precision_recall(real, fake, 3, real_radii=radii[:10])
+
+
 def test_row_order_does_not_matter_and_k_needs_points() -> None:
     rng = np.random.default_rng(17)
     real, fake = rng.normal(size=(300, 6)), rng.normal(0.3, 1, size=(200, 6))

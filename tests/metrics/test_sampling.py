@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from vaebench import data, models, train
+from vaebench import tracking as tk
 from vaebench.config import EvalSpec
 from vaebench.metrics import feature_net, sampling
 from vaebench.tracking import artifacts
@@ -44,11 +45,10 @@ def test_a_trained_model_gets_finite_scores_above_the_real_data_floor(scored: sa
     out = scored
     assert set(out.scores) == set(sampling.METRICS)
     assert all(math.isfinite(v) for v in out.scores.values()), out.scores
-    assert not any(k.startswith(sampling.SKIPPED) for k in out.tags)
-    assert out.tags[sampling.TAG_SHA256] == feature_net.SHA256 == feature_net.file_sha256(feature_net.WEIGHTS)
-    assert out.tags[sampling.TAG_SAMPLES] == str(N) and out.tags[sampling.TAG_SEED] == "0"
-    refs = json.loads(out.tags[sampling.TAG_REFERENCE])
-    floor, ceiling = refs["real_data"], refs["mean_image"]
+    assert out.skipped == {}
+    assert out.feature_net_sha256 == feature_net.SHA256 == feature_net.file_sha256(feature_net.WEIGHTS)
+    assert out.samples == N and out.seed == 0
+    floor, ceiling = out.reference["real_data"], out.reference["mean_image"]
     assert floor["fd"] < out.scores["test_fd_prior"] and floor["fd"] < out.scores["test_fd_gmm"]
     assert floor["fd"] < ceiling["fd"] / 10  # real digits are far closer to the test set than the mean blob
     assert floor["recall"] > 0.5 > ceiling["recall"]
@@ -59,8 +59,10 @@ def test_a_trained_model_gets_finite_scores_above_the_real_data_floor(scored: sa
 def test_the_scores_are_bit_identical_on_a_rerun(scored: sampling.Generated, vae: models.VAEModel,
                                                  mnist5k: data.Dataset) -> None:
     sampling._reference.cache_clear()  # the reference rows are recomputed too
+    threads = torch.get_num_threads()
     again = sampling.generation_scores(vae, mnist5k, n=N, seed=0)
-    assert scored.scores == again.scores and scored.tags == again.tags
+    assert torch.get_num_threads() == threads  # scikit-learn's one-thread limits leave torch's setting alone
+    assert scored.scores == again.scores and scored.reference == again.reference
     assert all(torch.equal(scored.grids[s], again.grids[s]) for s in sampling.SAMPLERS)
 
 
@@ -69,7 +71,7 @@ def test_a_model_that_cannot_sample_gets_nan_with_the_reason(mnist5k: data.Datas
     out = sampling.generation_scores(ae, mnist5k, n=N)
     sampled = [m for m in sampling.METRICS if m != "test_fd_recon"]
     assert all(math.isnan(out.scores[m]) for m in sampled)
-    assert {out.tags[sampling.SKIPPED + m] for m in sampled} == {"skipped: no sample"}
+    assert set(out.skipped) == set(sampled) and set(out.skipped.values()) == {"skipped: no sample"}
     assert math.isfinite(out.scores["test_fd_recon"])  # reconstructions need no sampler
     assert out.grids == {}
 
@@ -80,7 +82,17 @@ def test_data_the_network_does_not_cover_gets_nan_with_the_reason() -> None:
                          input_shape=digits.input_shape, hidden=[8])
     out = sampling.generation_scores(model, digits)
     assert set(out.scores) == set(sampling.METRICS) and all(math.isnan(v) for v in out.scores.values())
-    assert all("no pinned feature network for 'digits'" in out.tags[sampling.SKIPPED + m] for m in sampling.METRICS)
+    assert set(out.skipped) == set(sampling.METRICS)
+    assert all("no pinned feature network for 'digits'" in why for why in out.skipped.values())
+    assert artifacts.generation_tags(out) == {tk.GENERATION_SHA256: feature_net.SHA256, tk.GENERATION_SEED: "0",
+                                              **{tk.SKIPPED + m: why for m, why in out.skipped.items()}}
+
+
+def test_too_few_samples_for_the_neighbourhoods_get_nan_with_the_reason(vae: models.VAEModel,
+                                                                        mnist5k: data.Dataset) -> None:
+    out = sampling.generation_scores(vae, mnist5k, n=sampling.PR_K)
+    assert all(math.isnan(v) for v in out.scores.values()) and set(out.skipped) == set(sampling.METRICS)
+    assert all("needs more than 3 points" in why for why in out.skipped.values())
 
 
 def test_samples_are_scored_in_the_test_split_pixel_domain() -> None:
@@ -110,6 +122,9 @@ class FakeRun:
 def test_the_trial_logs_tags_and_the_side_by_side_picture(scored: sampling.Generated) -> None:
     run = FakeRun()
     artifacts.log_generation(scored, run)  # type: ignore[arg-type]
-    assert run.tags == scored.tags
+    assert run.tags[tk.GENERATION_SHA256] == feature_net.SHA256
+    assert run.tags[tk.GENERATION_SAMPLES] == str(N) and run.tags[tk.GENERATION_SEED] == "0"
+    assert json.loads(run.tags[tk.GENERATION_REFERENCE]) == scored.reference
+    assert not any(k.startswith(tk.SKIPPED) for k in run.tags)
     width, height = run.files[artifacts.GENERATION_PICTURE]
     assert width > 2 * height - 20  # two 8x8 grids next to each other

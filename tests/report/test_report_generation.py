@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from vaebench import report
+from vaebench import tracking as tk
 from vaebench.metrics import sampling
 from vaebench.report import generation
 
@@ -24,8 +25,8 @@ def record() -> report.StudyRecord:
         scores = {m: 100.0 * beta + seed for m in sampling.METRICS}
         rows.append({"trial": i, "run_name": f"t{i}", "run_id": f"r{i}", "state": "COMPLETE",
                      "param.model.beta": str(beta), "param.seed": str(seed), "val_elbo": -100.0 * beta - seed,
-                     **scores, f"tag.{sampling.TAG_REFERENCE}": json.dumps(REFS), f"tag.{sampling.TAG_SAMPLES}": "1000",
-                     f"tag.{sampling.TAG_SEED}": "0", f"tag.{sampling.TAG_SHA256}": "abc"})
+                     **scores, f"tag.{tk.GENERATION_REFERENCE}": json.dumps(REFS), f"tag.{tk.GENERATION_SAMPLES}": "1000",
+                     f"tag.{tk.GENERATION_SEED}": "0", f"tag.{tk.GENERATION_SHA256}": "abc"})
     return report.StudyRecord("s", "x", None, pd.DataFrame(rows), "val_elbo", "maximize",
                               {"model.beta": [1.0, 4.0], "seed": [0, 1, 2]})
 

@@ -6,7 +6,8 @@ sampler. Nothing here touches a model: the caller embeds images with
 - `frechet_distance(a, b)`: Fréchet distance between Gaussians fitted to two feature sets;
   `gaussian_stats` + `frechet_distance_from_stats` let a reference set's moments be computed once.
 - `precision_recall(real, fake, k)`: Kynkäänniemi et al. 2019 (k-NN manifolds, k = 3), with
-  density and coverage (Naeem et al. 2020) from the same distances.
+  density and coverage (Naeem et al. 2020) from the same distances; `knn_radii` lets a
+  reference set's radii be computed once.
 - `class_scores(sample_classes, reference_classes)`: classes covered and the KL divergence of
   the samples' class histogram from the reference one.
 - `fit_latent_gmm(codes)`, `sample_latent_gmm(gmm, n, seed)`.
@@ -25,6 +26,8 @@ from sklearn.neighbors import NearestNeighbors
 EIGEN_TOL = 1e-10  # eigenvalues above -EIGEN_TOL * (largest) are rounding: clipped to 0
 KL_SMOOTHING = 0.5  # pseudo-count added to every class of both histograms (Jeffreys' prior)
 COVERED_SHARE = 0.1  # a class is covered when its share of the samples is >= 10% of its share in the reference
+GMM_TOL = 1e-2  # EM stops when the mean log-likelihood per code gains less (nats); see fit_latent_gmm
+GMM_MAX_ITER = 100
 
 
 class GaussianStats(NamedTuple):
@@ -86,25 +89,32 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return frechet_distance_from_stats(gaussian_stats(a), gaussian_stats(b))
 
 
-def _kth_neighbour_radii(x: np.ndarray, k: int) -> np.ndarray:
-    """Distance from each row to its k-th nearest other row (the row itself excluded)."""
+def knn_radii(x: np.ndarray, k: int = 3) -> np.ndarray:
+    """Distance from each row of features x (N, D) to its k-th nearest other row (the row
+    itself excluded): the radii of its k-NN manifold balls."""
+    x = _features(x, "features")
     if len(x) <= k:
         raise ValueError(f"k = {k} needs more than {k} points, got {len(x)}")
     distances, _ = NearestNeighbors(n_neighbors=k).fit(x).kneighbors()  # no query: each row's own index excluded
     return distances[:, -1]
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3,
+                     real_radii: np.ndarray | None = None) -> dict[str, float]:
     """Improved precision and recall (Kynkäänniemi et al. 2019) and density and coverage
     (Naeem et al. 2020) of `fake` against `real`, both (N, D) features. Each point spans a ball
     to its k-th nearest neighbour in its own set (closed balls, as in the papers):
     precision = share of fake points inside some real ball; recall = share of real points inside
     some fake ball; density = mean number of real balls holding a fake point, over k (can exceed
-    1); coverage = share of real balls holding at least one fake point."""
+    1); coverage = share of real balls holding at least one fake point. `real_radii`:
+    `knn_radii(real, k)` if already computed."""
     real, fake = _features(real, "real"), _features(fake, "fake")
     if real.shape[1] != fake.shape[1]:
         raise ValueError(f"feature dimensions differ: {real.shape[1]} and {fake.shape[1]}")
-    r_real, r_fake = _kth_neighbour_radii(real, k), _kth_neighbour_radii(fake, k)
+    r_real = knn_radii(real, k) if real_radii is None else np.asarray(real_radii, dtype=np.float64)
+    if r_real.shape != (len(real),):
+        raise ValueError(f"real_radii: expected shape ({len(real)},), got {r_real.shape}")
+    r_fake = knn_radii(fake, k)
     in_real_ball = np.zeros(len(fake), dtype=np.int64)  # per fake point: how many real balls hold it
     covered = np.zeros(len(real), dtype=bool)  # per real point: some fake point in its ball
     recalled = np.zeros(len(real), dtype=bool)  # per real point: inside some fake ball
@@ -147,14 +157,22 @@ def class_scores(sample_classes: np.ndarray, reference_classes: np.ndarray, n_cl
 
 
 def fit_latent_gmm(codes: np.ndarray, n_components: int = 10, seed: int = 0,
-                   covariance_type: str = "full") -> GaussianMixture:
-    """A Gaussian mixture fitted (float64, k-means initialisation seeded) to latent codes
-    (N, latent_dim), e.g. the posterior means of the training split: the ex-post density of
-    Ghosh et al. 2020. `converged_` on the result says whether EM converged."""
+                   covariance_type: str = "full", tol: float = GMM_TOL) -> GaussianMixture:
+    """A Gaussian mixture fitted to latent codes (N, latent_dim), e.g. the posterior means of
+    the training split: the ex-post density of Ghosh et al. 2020. float64, one k-means
+    initialisation seeded by `seed` (n_init = 1), EM until the mean log-likelihood per code
+    gains less than `tol` nats in an iteration (at most GMM_MAX_ITER iterations).
+
+    GMM_TOL is ten times scikit-learn's default: the mixture only proposes codes to decode,
+    and EM's last iterations, which refine its likelihood by hundredths of a nat, move the
+    generation scores by less than their spread over sample seeds while costing most of
+    the fit (both measured in results/benchmarks/generation.json). `converged_` on the result
+    says whether EM converged."""
     x = _features(codes, "codes")
     if len(x) < n_components:
         raise ValueError(f"{n_components} components need at least as many codes, got {len(x)}")
-    return GaussianMixture(n_components, covariance_type=covariance_type, random_state=seed).fit(x)
+    return GaussianMixture(n_components, covariance_type=covariance_type, tol=tol, max_iter=GMM_MAX_ITER,
+                           n_init=1, random_state=seed).fit(x)
 
 
 def _full_covariances(gmm: GaussianMixture) -> np.ndarray:

@@ -17,19 +17,22 @@ Reference rows, computed once per dataset and process: `real_data`, n training i
 against the test split (the floor a model can reach), and `mean_image`, n pixel-wise
 Bernoulli draws of the mean training image (a trivial generator, near the ceiling).
 
-A score that cannot be computed is NaN, with the reason in `Generated.tags` under
-`vaebench.skipped.<metric>`: a model without sampling, or data the network does not cover.
+A score that cannot be computed is NaN, with the reason in `Generated.skipped` (tracked as the
+run's `vaebench.skipped.<metric>` tag): a model without sampling, or data the network does not
+cover. numpy's and scikit-learn's work runs on one BLAS and OpenMP thread (as in
+metrics.latent): these arrays are small, and with busy cores the multi-threaded pools'
+barriers and spin-waits cost many times the work and slow down the torch work after them.
 """
 from __future__ import annotations
 
 import functools
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from vaebench.metrics import feature_net
@@ -39,6 +42,7 @@ from vaebench.metrics.generation import (
     fit_latent_gmm,
     frechet_distance_from_stats,
     gaussian_stats,
+    knn_radii,
     precision_recall,
     sample_latent_gmm,
 )
@@ -52,21 +56,22 @@ GMM_COMPONENTS = 10
 PR_K = 3  # neighbours of the precision/recall manifolds (Kynkäänniemi et al. 2019)
 GRID = 64  # pixel-mean images kept per sampler for the trial's picture
 SAMPLE_SEED = 0  # the default sample seed (eval.generation_seed)
-TAG_SHA256 = "vaebench.generation.feature_net_sha256"
-TAG_SAMPLES = "vaebench.generation.samples"
-TAG_SEED = "vaebench.generation.seed"
-TAG_REFERENCE = "vaebench.generation.reference"  # JSON: {"real_data": {...}, "mean_image": {...}}
-SKIPPED = "vaebench.skipped."  # + metric name: why it is NaN
 STREAMS = {"prior": 0, "gmm": 1, "binarize": 2, "real_data": 3, "mean_image": 4}
 
 
 @dataclass
 class Generated:
-    """Scores (`test_*`, NaN where skipped), run tags (protocol, references, reasons) and, per
-    sampler that ran, GRID pixel-mean images for the trial's picture."""
+    """Scores (`test_*`, NaN where skipped) and why each NaN is one; the protocol (sample
+    seed, images per sampler and the reference rows, both None where no dataset was scored,
+    the feature network's sha256); per sampler that ran, GRID pixel-mean images for the
+    trial's picture. vaebench.tracking turns all but the images into run tags."""
 
     scores: dict[str, float]
-    tags: dict[str, str]
+    skipped: dict[str, str]  # metric: why it is NaN
+    seed: int
+    samples: int | None = None
+    reference: dict[str, dict[str, float]] | None = None  # {"real_data": {...}, "mean_image": {...}}
+    feature_net_sha256: str = feature_net.SHA256
     grids: dict[str, Tensor] = field(default_factory=dict)
 
 
@@ -74,6 +79,7 @@ class Generated:
 class Reference:
     stats: GaussianStats
     features: np.ndarray
+    radii: np.ndarray  # k-NN radii (k = PR_K) of `features`: the real manifold, computed once
     classes: np.ndarray
     binary: bool
     rows: dict[str, dict[str, float]]
@@ -96,11 +102,22 @@ def to_domain(images: Tensor, binary: bool, seed: int, stream: str) -> Tensor:
     return (torch.rand(x.shape, generator=_generator(seed, stream)) < x).float()
 
 
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # found once per process: a fresh search per limit takes milliseconds
+
+
+def _one_thread():  # noqa: ANN202 - threadpoolctl's limiter, a context manager
+    """One BLAS and one OpenMP thread for numpy's and scikit-learn's work (the module's docstring says why)."""
+    return _threadpools().limit(limits=1)
+
+
 def _scores(features: np.ndarray, classes: np.ndarray, ref: Reference) -> dict[str, float]:
     """The per-sampler scores of embedded images against the reference (test) set."""
-    out = {"fd": frechet_distance_from_stats(gaussian_stats(features), ref.stats)}
-    out |= precision_recall(ref.features, features, PR_K)
-    return out | class_scores(classes, ref.classes)
+    with _one_thread():
+        out = {"fd": frechet_distance_from_stats(gaussian_stats(features), ref.stats)}
+        out |= precision_recall(ref.features, features, PR_K, real_radii=ref.radii)
+        return out | class_scores(classes, ref.classes)
 
 
 @functools.lru_cache(maxsize=4)
@@ -108,7 +125,8 @@ def _reference(fingerprint: str, test: Tensor, train: Tensor, n: int, seed: int)
     del fingerprint  # the cache key: the same dataset split gives the same reference
     features, classes = feature_net.embed(test)
     binary = bool(((test == 0) | (test == 1)).all())
-    ref = Reference(gaussian_stats(features), features, classes, binary, {})
+    with _one_thread():
+        ref = Reference(gaussian_stats(features), features, knn_radii(features, PR_K), classes, binary, {})
     rows = torch.randperm(len(train), generator=_generator(seed, "real_data"))[:n]
     real = to_domain(train[rows], binary, seed, "real_data")
     mean = train.mean(0, keepdim=True).expand(n, *train.shape[1:])
@@ -152,18 +170,19 @@ def _gmm_images(model: nn.Module, ds, n: int, seed: int, batch_size: int) -> Ten
     codes = posterior_means(model, ds.train.x, batch_size)
     if not np.isfinite(codes).all():
         raise ValueError("training codes with NaN or Inf")
-    gmm = fit_latent_gmm(codes, GMM_COMPONENTS, stream_seed(seed, "gmm"))
-    z = torch.from_numpy(sample_latent_gmm(gmm, n, stream_seed(seed, "gmm"))).float()
+    with _one_thread():
+        gmm = fit_latent_gmm(codes, GMM_COMPONENTS, stream_seed(seed, "gmm"))
+        z = torch.from_numpy(sample_latent_gmm(gmm, n, stream_seed(seed, "gmm"))).float()
     return _batched(decode, z, batch_size, model_device(model))
 
 
 SAMPLE = {"prior": (("sample",), _prior_images), "gmm": (("sample", "codes"), _gmm_images)}
 
 
-def _skip(names: list[str], reason: str, scores: dict[str, float], tags: dict[str, str]) -> None:
+def _skip(names: list[str], reason: str, out: Generated) -> None:
     for name in names:
-        scores[name] = math.nan
-        tags[SKIPPED + name] = reason[:4000]
+        out.scores[name] = math.nan
+        out.skipped[name] = reason
 
 
 def generation_scores(model: nn.Module, ds, n: int | None = None, seed: int = SAMPLE_SEED,  # noqa: ANN001
@@ -171,35 +190,33 @@ def generation_scores(model: nn.Module, ds, n: int | None = None, seed: int = SA
     """`test_fd_{prior,gmm}`, precision, recall, density, coverage, classes covered and class KL
     per sampler, and `test_fd_recon`, for model on dataset `ds` (a data.Dataset); `n` samples
     per sampler (None: the test split's size), every random draw from `seed`."""
-    scores: dict[str, float] = {}
-    tags = {TAG_SHA256: feature_net.SHA256, TAG_SEED: str(seed)}
+    out = Generated({}, {}, seed)
     try:
         ref = reference(ds, n, seed)
-    except feature_net.UnscorableError as exc:
-        _skip(list(METRICS), f"skipped: {exc}", scores, tags)
-        return Generated(scores, tags)
-    n = n or len(ds.test)
-    tags |= {TAG_SAMPLES: str(n), TAG_REFERENCE: json.dumps(ref.rows, sort_keys=True)}
-    grids: dict[str, Tensor] = {}
+    except ValueError as exc:  # UnscorableError: data the network does not cover; too few samples for k-NN
+        _skip(list(METRICS), f"skipped: {exc}", out)
+        return out
+    out.samples, out.reference = n or len(ds.test), ref.rows
     with inference(model):
         for sampler, (needs, draw) in SAMPLE.items():
             names = [f"test_{m}_{sampler}" for m in PER_SAMPLER]
             reason = lacks(model, *needs)
             if reason:
-                _skip(names, reason, scores, tags)
+                _skip(names, reason, out)
                 continue
             try:
-                images = draw(model, ds, n, seed, batch_size)
+                images = draw(model, ds, out.samples, seed, batch_size)
                 found = _scores(*feature_net.embed(to_domain(images, ref.binary, seed, "binarize")), ref)
             except ValueError as exc:  # UnscorableError (NaN pixels, bad shape), a failed mixture fit
-                _skip(names, str(exc), scores, tags)
+                _skip(names, str(exc), out)
                 continue
-            scores |= {f"test_{m}_{sampler}": float(found[m]) for m in PER_SAMPLER}
-            grids[sampler] = images[:GRID]
+            out.scores |= {f"test_{m}_{sampler}": float(found[m]) for m in PER_SAMPLER}
+            out.grids[sampler] = images[:GRID]
         try:
             recon = _batched(model.reconstruct, ds.test.x, batch_size, model_device(model))
             feats, _ = feature_net.embed(to_domain(recon, ref.binary, seed, "binarize"))
-            scores["test_fd_recon"] = frechet_distance_from_stats(gaussian_stats(feats), ref.stats)
+            with _one_thread():
+                out.scores["test_fd_recon"] = frechet_distance_from_stats(gaussian_stats(feats), ref.stats)
         except ValueError as exc:
-            _skip(["test_fd_recon"], str(exc), scores, tags)
-    return Generated(scores, tags, grids)
+            _skip(["test_fd_recon"], str(exc), out)
+    return out

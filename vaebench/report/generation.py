@@ -16,15 +16,14 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from vaebench.metrics.sampling import (
-    METRICS,
-    PER_SAMPLER,
-    TAG_REFERENCE,
-    TAG_SAMPLES,
-    TAG_SEED,
-    TAG_SHA256,
-)
+from vaebench.metrics.sampling import METRICS, PER_SAMPLER
 from vaebench.report.stats import fmt_ci
+from vaebench.tracking import (
+    GENERATION_REFERENCE,
+    GENERATION_SAMPLES,
+    GENERATION_SEED,
+    GENERATION_SHA256,
+)
 from vaebench.tracking.artifacts import GENERATION_PICTURE
 from vaebench.tracking.charts import save_figure
 
@@ -47,7 +46,7 @@ def _tag(trials: pd.DataFrame, name: str) -> str | None:
 
 def references(trials: pd.DataFrame) -> dict[str, dict[str, float]]:
     """The reference rows the trials recorded (the most common, should datasets differ)."""
-    text = _tag(trials, TAG_REFERENCE)
+    text = _tag(trials, GENERATION_REFERENCE)
     return json.loads(text) if text else {}
 
 
@@ -151,7 +150,7 @@ def lines(board: pd.DataFrame, trials: pd.DataFrame, swept: list[str], tracking_
     if not measured(board):
         return []
     refs = references(trials)
-    n, seed, sha = (_tag(trials, t) for t in (TAG_SAMPLES, TAG_SEED, TAG_SHA256))
+    n, seed, sha = (_tag(trials, t) for t in (GENERATION_SAMPLES, GENERATION_SEED, GENERATION_SHA256))
     out = ["## Generation", "",
            f"{n} images per sampler (as many as the test split holds), sample seed {seed}, scored against the "
            f"whole test split by the pinned LeNet feature network (sha256 `{sha}`): Fréchet distance (FD) of its "

@@ -13,6 +13,7 @@ Ctrl-C, dead workers and workers side by side (worker, recovery).
                a report (one of them deleted or emptied is refused, saying what to do)
     closing    closing the runs after Ctrl-C, after a store failed, and at the end
     recovery   dead workers: fail their trials, queue them again, close their runs
+    takeover   a paused worker whose trial another worker took over: drop it in one line, go on
     worker     the loop of one `vaebench run` process
     study      the study, its experiment and parent run, then the loop (run_study)
     attrs      the names of vaebench's Optuna attributes

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 
 # What a store raises when it cannot be written (a full disk, a lost server or file).
 STORE_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, MlflowException, optuna.exceptions.StorageInternalError)
+# What a store says when another process held its lock past the timeout (SQLite, PostgreSQL)
+LOCK_WAITS = ("database is locked", "database table is locked", "lock timeout", "could not obtain lock")
+RESUME = "free the space or bring the store back, then run the same command again to resume"
+LOCKED = ("another process kept it locked (a paused or stuck worker? `kill -CONT` it, or let it end), "
+          "then run the same command again to go on")
 
 
 class Worker(Protocol):
@@ -51,14 +56,20 @@ def store_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def lock_wait(cause: BaseException) -> bool:
+    """The store was not broken but locked by another process past the wait: no full disk, and
+    the runs it shares with that process are theirs to close."""
+    return any(text in str(cause).lower() for text in LOCK_WAITS)
+
+
 def as_store_failure(exc: BaseException) -> StoreFailure | None:
     """A store's error met outside a trial (opening the study, reopening the parent run): the
     one line to show, or None when `exc` is not a store's."""
     cause = store_error(exc)
     if cause is None:
         return None
-    return StoreFailure(f"cannot write to the stores ({type(cause).__name__}: {short_reason(cause)}); free the "
-                        f"space or bring the store back, then run the same command again to resume")
+    return StoreFailure(f"cannot write to the stores ({type(cause).__name__}: {short_reason(cause)}); "
+                        f"{LOCKED if lock_wait(cause) else RESUME}")
 
 
 def stored(worker: Worker, number: int) -> FrozenTrial:
@@ -85,8 +96,15 @@ def close_interrupted(worker: Worker) -> None:
 def close_after_store_failure(worker: Worker, exc: BaseException) -> StoreFailure:
     """A store failed: fail the running trial (Optuna) and its run (MLflow), end the parent run
     INCOMPLETE, each as far as its store still takes writes; what cannot be written now is
-    closed by the next run (dead-worker recovery). Returns the one line to show."""
+    closed by the next run (dead-worker recovery). Returns the one line to show.
+
+    A store locked by another process (a paused worker holding SQLite's lock) is left alone:
+    each write would wait out the lock again, and the parent run is shared with that worker;
+    once this one has exited, the others' dead-worker recovery closes its trial."""
     reason = f"{type(exc).__name__}: {short_reason(exc)}"
+    if lock_wait(exc):
+        return StoreFailure(f"a store stayed locked mid-study ({reason}); this worker stopped, its runs left for "
+                            f"the others or the next run; {LOCKED}")
     left = []
     current = worker.current
     steps = []
@@ -101,8 +119,7 @@ def close_after_store_failure(worker: Worker, exc: BaseException) -> StoreFailur
             left.append(what)
     trial = f"trial {current.number} failed, " if current is not None else ""
     closed = f"{', '.join(left)} left for the next run to close" if left else "its runs closed"
-    return StoreFailure(f"a store failed mid-study ({reason}); {trial}{closed}; "
-                        f"free the space or bring the store back, then run the same command again to resume")
+    return StoreFailure(f"a store failed mid-study ({reason}); {trial}{closed}; {RESUME}")
 
 
 def _fail_trial(worker: Worker, number: int, reason: str) -> None:

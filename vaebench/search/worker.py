@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import traceback
 from collections import Counter
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from vaebench import checkpoint, train
@@ -35,7 +37,7 @@ from vaebench import tracking as tk
 from vaebench import trial as pipeline
 from vaebench.config import StudySpec
 from vaebench.errors import DivergenceError
-from vaebench.search import closing, internals, recovery
+from vaebench.search import closing, internals, recovery, takeover
 from vaebench.search.attrs import CHECKPOINT_ATTR, DONE, INTERRUPTED, RESUMED_ATTR, REASON_ATTR, REQUEUED_ATTR, RUN_ATTR, WORKER_ATTR
 from vaebench.search.space import GridSampler, suggest
 from vaebench.tracking.tensorboard import TensorBoardRun
@@ -48,6 +50,7 @@ class Progress:
 
     on_epoch: Callable[[int, int, int], None] = lambda trial, epoch, epochs: None
     on_trial_end: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] = lambda s, t: None
+    on_note: Callable[[str], None] = lambda line: print(line, file=sys.stderr)  # one line for the user
 
 
 @dataclass
@@ -154,8 +157,15 @@ class Worker:
                 if isinstance(self.study.sampler, GridSampler) and not self.study.sampler.free_points(trials):
                     return
             self.current, self.requeued = None, False
-            self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
-                                callbacks=[self.progress.on_trial_end], gc_after_trial=False)
+            try:
+                self.study.optimize(self.objective, n_trials=1, catch=(Exception,),
+                                    callbacks=[self.progress.on_trial_end], gc_after_trial=False)
+            except takeover.TakenOver:
+                self.progress.on_note(takeover.drop(self))
+            except takeover.TELL_ERRORS:
+                if not takeover.is_taken_over(self):  # taken over after the objective's last look
+                    raise
+                self.progress.on_note(takeover.drop(self))
             started += not self.requeued
             self.sweep()
 
@@ -211,6 +221,8 @@ class Worker:
             return self.train_trial(trial)
         except (optuna.TrialPruned, KeyboardInterrupt):
             raise
+        except UpdateFinishedTrialError:  # writing to a trial another worker failed meanwhile
+            raise takeover.TakenOver(trial.number) from None
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             self.failures[trial.number] = reason
@@ -266,6 +278,7 @@ class Worker:
             if self.stop.is_set():
                 interrupt.begin_closing()
                 raise KeyboardInterrupt
+            takeover.check(trial)  # this worker was paused, and another took the trial over
             trial.report(m[objective_key], epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -291,6 +304,7 @@ class Worker:
         finally:
             if board:
                 board.close()
+        takeover.check(trial)  # before the run is marked COMPLETE: the re-run's result counts
         tracking_ui.describe_run(run, tracking_ui.trial_summary(name, objective_key, final))
         run.finish("COMPLETE")
         self.drop_checkpoint(ckpt)

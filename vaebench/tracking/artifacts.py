@@ -32,7 +32,16 @@ from vaebench.metrics.sampling import Generated
 from vaebench.tracking import charts as figures
 from vaebench.tracking import grids
 from vaebench.tracking.tensorboard import TensorBoardRun
-from vaebench.tracking.runs import MODEL_FORMAT, MODEL_URI, TrialRun
+from vaebench.tracking.runs import (
+    GENERATION_REFERENCE,
+    GENERATION_SAMPLES,
+    GENERATION_SEED,
+    GENERATION_SHA256,
+    MODEL_FORMAT,
+    MODEL_URI,
+    SKIPPED,
+    TrialRun,
+)
 
 WEIGHTS = "weights/state_dict.pt"
 GENERATION_PICTURE = "generation_samples.png"  # prior samples left, fitted-mixture samples right
@@ -78,11 +87,26 @@ def gaussian_vae(model: Any) -> bool:
     return isinstance(model, models.VAEModel) and model.is_variational
 
 
+def skipped_tags(reasons: dict[str, str]) -> dict[str, str]:
+    """{metric: why it is NaN} as run tags `vaebench.skipped.<metric>`."""
+    return {SKIPPED + name: why[:4000] for name, why in reasons.items()}
+
+
+def generation_tags(generated: Generated) -> dict[str, str]:
+    """The generation protocol (feature network sha256, sample seed and count, reference rows)
+    and why a score is NaN, as run tags."""
+    tags = {GENERATION_SHA256: generated.feature_net_sha256, GENERATION_SEED: str(generated.seed)}
+    if generated.samples is not None:
+        tags[GENERATION_SAMPLES] = str(generated.samples)
+    if generated.reference is not None:
+        tags[GENERATION_REFERENCE] = json.dumps(generated.reference, sort_keys=True)
+    return tags | skipped_tags(generated.skipped)
+
+
 def log_generation(generated: Generated, run: TrialRun, board: TensorBoardRun | None = None, step: int = 0) -> None:
-    """The generation protocol and reasons as tags (feature network sha256, sample count and
-    seed, reference rows, `vaebench.skipped.*`), and the pixel means of each sampler that ran
-    side by side (prior left, fitted mixture right) as GENERATION_PICTURE."""
-    run.set_tags(generated.tags)
+    """The generation protocol and reasons as tags (`generation_tags`), and the pixel means of
+    each sampler that ran side by side (prior left, fitted mixture right) as GENERATION_PICTURE."""
+    run.set_tags(generation_tags(generated))
     if not generated.grids:
         return
     with tempfile.TemporaryDirectory() as tmp:

@@ -52,6 +52,12 @@ SEED = "vaebench.seed"
 DATASET_FINGERPRINT = "vaebench.dataset_fingerprint"
 OPTUNA_TRIAL_ID = "vaebench.optuna_trial_id"
 RESUMED_AT_EPOCH = "vaebench.resumed_at_epoch"  # a trial that went on from a checkpoint: its first epoch
+SKIPPED = "vaebench.skipped."  # + a metric's name: why that score is NaN (a capability the model lacks, ...)
+# the generation scores' protocol (metrics.sampling), the same on every trial of a study
+GENERATION_SHA256 = "vaebench.generation.feature_net_sha256"
+GENERATION_SAMPLES = "vaebench.generation.samples"  # images per sampler
+GENERATION_SEED = "vaebench.generation.seed"  # the sample seed
+GENERATION_REFERENCE = "vaebench.generation.reference"  # JSON: {"real_data": {...}, "mean_image": {...}}
 # MLflow's own tags
 PARENT = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"  # the description the MLflow UI shows (an experiment's or a run's)
