@@ -117,6 +117,26 @@ def test_changes_name_what_moved_and_what_each_explains() -> None:
     assert texts[0] in table["explained by"].iloc[0]
 
 
+
+def test_a_torch_build_tag_is_named_as_the_change_behind_every_metric() -> None:
+    """2.14.1 and 2.14.1+cu130 are different builds of torch: the manifest records the full
+    version (torch.__version__; the distribution's metadata drops the tag), and replay names it
+    beside a moved probe accuracy, before the commit."""
+    import torch
+
+    now = smoke_manifest()
+    assert now["packages"]["torch"] == torch.__version__
+    old, new = json.loads(json.dumps(now)), json.loads(json.dumps(now))
+    old["packages"]["torch"], new["packages"]["torch"] = "2.14.1", "2.14.1+cu130"
+    old["vaebench"]["git"], new["vaebench"]["git"] = {"commit": "a" * 40}, {"commit": "b" * 40}
+    del old["packages"]["scipy"]  # a manifest of an older vaebench, which did not list it
+    found = replay.changes(old, new, "digits")
+    assert [c.text for c in found] == ["torch 2.14.1 -> 2.14.1+cu130", f"scipy None -> {new['packages']['scipy']}",
+                                       "vaebench commit aaaaaaaaaa -> bbbbbbbbbb"]
+    table = replay.differences({"test_probe_acc": 0.840}, {"test_probe_acc": 0.838}, found)
+    assert table["explained by"].tolist() == ["; ".join(c.text for c in found)]
+
+
 # --- end to end: a tiny study run through the CLI, replayed in a fresh process ---------------------
 
 @pytest.fixture(scope="module")

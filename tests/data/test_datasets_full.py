@@ -287,6 +287,31 @@ def test_cifar10_files_that_fail_the_md5_are_corrupt(tmp_path: Path) -> None:
     assert message.startswith(f"cifar10: corrupt file {tmp_path / 'cifar-10-batches-py' / 'data_batch_1'} (md5")
 
 
+
+class Planted:
+    """A pickle that writes a file when it is loaded: what an unverified batch file could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return Path.write_text, (self.marker, "unpickled")
+
+
+def test_a_cifar10_batch_is_unpickled_only_after_its_md5_matches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cifar(tmp_path)
+    accept_fake_cifar(tmp_path, monkeypatch)  # the published md5s are those of the genuine files
+    batch, marker = tmp_path / "cifar-10-batches-py" / "data_batch_1", tmp_path / "marker"
+    batch.write_bytes(pickle.dumps(Planted(marker)))
+    with pytest.raises(InputError, match=f"corrupt file {batch} \\(md5 differs"):
+        data.load("cifar10", data_dir=tmp_path)
+    assert not marker.exists()
+    accept_fake_cifar(tmp_path, monkeypatch)  # the control: once its md5 is the published one, it is loaded
+    with pytest.raises(InputError):
+        data.load("cifar10", data_dir=tmp_path)
+    assert marker.read_text() == "unpickled"
+
+
 def test_cifar10_loads_channels_first_with_the_official_test_split(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,8 +166,8 @@ def rerun(cfg: TrialConfig, objective: str, direction: str, data_dir: str | None
 def changes(recorded: dict[str, Any], now: dict[str, Any], dataset: str) -> list[Change]:
     """What differs between the recorded manifest and this machine, as far as numbers go."""
     out = []
-    for name, old in recorded["packages"].items():
-        new = now["packages"].get(name)
+    for name in dict.fromkeys([*recorded["packages"], *now["packages"]]):  # full versions: torch's +cu130 too
+        old, new = recorded["packages"].get(name), now["packages"].get(name)
         if old != new:
             out.append(Change(f"{name} {old} -> {new}", name))
     if recorded["python"].get("version") != now["python"]["version"]:
