@@ -12,6 +12,7 @@ from helpers import load, mlflow_runs, refused_line, run_cli, seeded, write_stud
 from vaebench import search
 from vaebench.config import load_study
 from vaebench.errors import InputError
+from vaebench.models import plugins
 from vaebench.search import settings
 
 
@@ -93,3 +94,20 @@ def test_settings_that_do_not_change_the_trials_are_left_out(folder: Path) -> No
     # a setting a later vaebench adds is unchanged while it is unset; one it drops is a change
     assert settings.changes(base, base | {"train.new_option": None}) == []
     assert settings.changes(base | {"train.old_option": 1}, base) == ["train.old_option: 1 -> unset"]
+
+
+def test_an_edited_plugin_file_is_a_change_a_moved_one_is_not(folder: Path) -> None:
+    """The plugins' code is part of the record (their sha256s): a model file edited mid-study
+    would mix two models' trials in one report. Where the file lives may change."""
+    (folder / "mine.py").write_text("WIDTH = 32\n")
+    path = write_study(folder, "plugged", {"seed": [0, 1]})
+    spec = load_study(str(path))[0].model_copy(update={"plugins": ("mine.py",)})
+    base = settings.resolved(spec, str(path))
+    assert base[settings.PLUGIN_CODE] == [plugins.file_hash(folder / "mine.py")]
+    moved = folder / "sub"
+    moved.mkdir()
+    (moved / "theirs.py").write_text("WIDTH = 32\n")
+    assert settings.changes(base, settings.resolved(spec.model_copy(update={"plugins": ("sub/theirs.py",)}), str(path))) == []
+    (folder / "mine.py").write_text("WIDTH = 64\n")
+    differ = settings.changes(base, settings.resolved(spec, str(path)))
+    assert len(differ) == 1 and differ[0].startswith(f"{settings.PLUGIN_CODE}: "), differ

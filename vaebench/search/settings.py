@@ -13,8 +13,9 @@ What may change without refusal (FREE): settings that do not change what a trial
   name          the study is found by it; a file with the same name is compared
   description   words only
   literature    published numbers the report sets beside the study's
-  plugins       where model code lives: code is not fingerprinted (vaebench's own is not
-                either; the manifest records versions), the model names in `model:` are
+  plugins       where the model files live: their paths may change, their code may not
+                (its sha256s are recorded as PLUGIN_CODE: an edited model mixed in is
+                the same mistake as an edited study file)
   device        where trials run: workers of one study may run on different machines or
                 GPUs, and each run records its device
   search.n_trials  how many trials, not what each one measures (`--trials` overrides it too)
@@ -32,12 +33,14 @@ support dynamic value space"), so re-queued trials of the old grid would fail.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from vaebench.config import StudySpec
 from vaebench.errors import InputError
+from vaebench.models import plugins
 from vaebench.search.attrs import SETTINGS_ATTR
 from vaebench.search.consistency import optuna_side
 
@@ -45,11 +48,15 @@ from vaebench.search.consistency import optuna_side
 FREE: dict[str, Any] = {"name": True, "description": True, "literature": True, "plugins": True,
                         "device": True, "search": {"n_trials"}}
 SHOWN_CHANGES = 4  # changed keys named in the refusal; the rest are counted
+PLUGIN_CODE = "plugins.sha256"  # the sorted sha256s of the plugin files' bytes
 
 
-def resolved(spec: StudySpec) -> dict[str, Any]:
-    """The settings of `spec` that its trials' results depend on, as {dotted key: JSON value}."""
+def resolved(spec: StudySpec, path: str = "") -> dict[str, Any]:
+    """The settings of `spec` that its trials' results depend on, as {dotted key: JSON value};
+    with the study file's `path`, the code of its plugins too (resolved next to it)."""
     flat: dict[str, Any] = {}
+    if spec.plugins and path:
+        flat[PLUGIN_CODE] = sorted(plugins.file_hash(Path(path).parent / p) for p in spec.plugins)
 
     def walk(prefix: str, node: Any) -> None:
         if isinstance(node, dict) and node:
@@ -87,7 +94,7 @@ def check(spec: StudySpec, path: str, recorded: dict[str, Any] | None) -> None:
     """Refuse `spec` when it differs from the `recorded` settings (None: nothing to compare)."""
     if recorded is None:
         return
-    differ = changes(recorded, resolved(spec))
+    differ = changes(recorded, resolved(spec, path))
     if differ:
         raise InputError(refusal(spec, path, differ))
 
@@ -104,5 +111,5 @@ def record(study: optuna.Study, spec: StudySpec, path: str) -> None:
     whose settings lost the race is refused."""
     check(spec, path, study.user_attrs.get(SETTINGS_ATTR))
     if SETTINGS_ATTR not in study.user_attrs:
-        study.set_user_attr(SETTINGS_ATTR, resolved(spec))
+        study.set_user_attr(SETTINGS_ATTR, resolved(spec, path))
         check(spec, path, study.user_attrs.get(SETTINGS_ATTR))
