@@ -304,6 +304,31 @@ def test_two_workers_start_a_new_sqlite_study_at_once(tmp_path: Path) -> None:
     assert_shared(study, 4)
 
 
+def test_the_preflight_reads_the_stores_under_the_setup_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker's checks before the run read the stores while holding the folder's lock, so they
+    never see an mlflow.db another worker is still creating (its migrations half run)."""
+    import fcntl
+
+    from vaebench.errors import InputError
+
+    held = []
+
+    def probe(*_: Any) -> None:
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(False)
+        except BlockingIOError:
+            held.append(True)
+        finally:
+            os.close(fd)
+        raise InputError("probed")
+
+    monkeypatch.setattr(search, "check_before_run", probe)
+    code, _, err = run_cli(tmp_path, write_study(tmp_path, "locked", {"seed": [0]}))
+    assert code == 2 and "probed" in err and held == [True], (held, err)
+
+
 @pytest.mark.slow  # worker processes
 def test_a_worker_process_and_this_one_share_a_journal_file(folder: Path, mlflow_template: Path) -> None:
     seeded(folder, mlflow_template)

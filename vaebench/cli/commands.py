@@ -150,9 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     tracking.check_tracking_uri(tracking_uri, "--tracking-uri" if args.tracking_uri else "tracking URI")
     check_distinct_stores(args.storage, tracking_uri)
     check_stores_writable(args, tracking_uri)
-    if not args.fresh:
-        search.check_before_run(spec.name, args.storage, tracking_uri)
-        search.check_settings(spec, str(path), args.storage)
+    if not args.fresh:  # under the lock a starting worker holds while it creates new stores
+        with search.setup_lock(args.storage, tracking_uri):
+            search.check_before_run(spec.name, args.storage, tracking_uri)
+            search.check_settings(spec, str(path), args.storage)
     trial.check_data(spec, path, args.data_dir)
     if args.threads:
         import torch
