@@ -164,9 +164,9 @@ def fit_latent_gmm(codes: np.ndarray, n_components: int = 10, seed: int = 0,
     gains less than `tol` nats in an iteration (at most GMM_MAX_ITER iterations).
 
     GMM_TOL is ten times scikit-learn's default: the mixture only proposes codes to decode,
-    and EM's last iterations, which refine its likelihood by hundredths of a nat, move the
-    generation scores by less than their spread over sample seeds while costing most of
-    the fit (both measured in results/benchmarks/generation.json). `converged_` on the result
+    and EM's last iterations, which refine its likelihood only slightly, move the
+    generation scores no more than another sample seed does while costing most of the fit
+    (both measured in results/benchmarks/generation.json). `converged_` on the result
     says whether EM converged."""
     x = _features(codes, "codes")
     if len(x) < n_components:
