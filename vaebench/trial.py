@@ -152,12 +152,13 @@ def train_and_evaluate(
     history = train.fit(model, ds, **fit_settings(cfg), callbacks=[*loggers, *callbacks], checkpointing=checkpointing)
     scores = metrics.evaluate(model, ds, **evaluate_settings(cfg))
     reasons = metrics.skipped(model, "test", cfg.eval.iwae_k, ds.test.factors is not None)
-    if reasons:  # why a score is NaN: the model lacks the capability it needs
-        run.set_tags(artifacts.skipped_tags(reasons))
     bad = [k for k, v in scores.items()
            if k.endswith(("_elbo", "_recon", "_kl")) and k not in reasons and not math.isfinite(v)]
     if bad:
         raise DivergenceError(f"non-finite {', '.join(bad)} on the test split")
+    reasons |= metrics.nan_reasons(scores, reasons)
+    if reasons:  # why a score is NaN: a capability the model lacks, or what the score's computation met
+        run.set_tags(artifacts.skipped_tags(reasons))
     generated = sampling.generation_scores(model, ds, **generation_settings(cfg)) if cfg.eval.generation else None
     scores |= generated.scores if generated else {}
     final = scores | {

@@ -11,7 +11,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from vaebench import metrics
 from vaebench.metrics import latent
+from vaebench.metrics.evaluate import NAN_REASONS
 
 
 def codes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,3 +57,23 @@ def test_a_probe_that_did_not_converge_is_nan_not_a_number(monkeypatch: pytest.M
     x, y = codes(500, seed=1)
     assert latent.fit_probe(x, y) is None
     assert math.isnan(latent.probe_accuracy(x, y, x, y))
+
+
+def test_a_nan_score_is_never_left_without_a_reason() -> None:
+    scores = {"test_probe_acc": math.nan, "test_nmi": 0.5, "test_elbo": math.nan, "test_mig": math.nan}
+    reasons = metrics.nan_reasons(scores, {"test_elbo": "skipped: no elbo"})
+    assert reasons == {"test_probe_acc": "the linear probe did not converge (metrics.latent.fit_probe)",
+                       "test_mig": "not a finite number for this model"}
+
+
+@pytest.mark.slow  # one tiny study
+def test_an_unconverged_probe_is_tagged_on_its_run(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import mlflow_runs, run_cli, write_study
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(latent, "fit_probe", lambda *_: None)
+    code, _, err = run_cli(tmp_path, write_study(tmp_path, "probe", {"seed": [0]}))
+    assert code == 0, err
+    _, (run,) = mlflow_runs(tmp_path, "probe")
+    assert "test_probe_acc" not in run.data.metrics and run.data.metrics["test_nmi"] >= 0
+    assert run.data.tags["vaebench.skipped.test_probe_acc"] == NAN_REASONS["probe_acc"]

@@ -26,7 +26,7 @@ from vaebench.metrics.disentanglement import (
     mutual_information,
     normalized_entropy,
 )
-from vaebench.metrics.evaluate import NEEDS, evaluate, skipped
+from vaebench.metrics.evaluate import NEEDS, evaluate, nan_reasons, skipped
 from vaebench.metrics.latent import (
     ACTIVE_UNIT_THRESHOLD,
     LATENT_SCORES,
@@ -71,6 +71,7 @@ __all__ = [
     "evaluate",
     "NEEDS",
     "skipped",
+    "nan_reasons",
     "factor_entropies",
     "importance_and_accuracy",
     "inference",

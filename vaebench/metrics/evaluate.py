@@ -49,6 +49,17 @@ def skipped(model: nn.Module, split: str = "test", iwae_k: int = 0, factors: boo
     return {f"{split}_{m}": why for m, why in _reasons(model, iwae_k, factors).items()}
 
 
+# Scores that can come out NaN for a model that has every capability they need, and why.
+NAN_REASONS = {"probe_acc": "the linear probe did not converge (metrics.latent.fit_probe)"}
+
+
+def nan_reasons(scores: dict[str, float], explained: dict[str, str]) -> dict[str, str]:
+    """{`<split>_<metric>`: why it is NaN} for the NaN `scores` that `explained` (the missing
+    capabilities) does not cover: a NaN is never left without a reason on the run."""
+    return {key: NAN_REASONS.get(key.split("_", 1)[1], "not a finite number for this model")
+            for key, value in scores.items() if key not in explained and math.isnan(value)}
+
+
 def evaluate(
     model: nn.Module,
     ds: Dataset,
