@@ -26,9 +26,9 @@ def codes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def optimum(x: np.ndarray, y: np.ndarray) -> tuple[StandardScaler, LogisticRegression]:
-    """The same problem solved another way: exact Newton steps (Cholesky), from zero, to 1e-12."""
+    """The same problem solved another way: Newton steps by conjugate gradients, to 1e-10."""
     scaler = StandardScaler().fit(x)
-    return scaler, LogisticRegression(solver="newton-cholesky", tol=1e-12, max_iter=1000).fit(scaler.transform(x), y)
+    return scaler, LogisticRegression(solver="newton-cg", tol=1e-10, max_iter=1000).fit(scaler.transform(x), y)
 
 
 def test_the_probe_is_the_optimum_not_a_solvers_path() -> None:
@@ -39,7 +39,8 @@ def test_the_probe_is_the_optimum_not_a_solvers_path() -> None:
     scaler, reference = optimum(x, y)
     # the old probe (lbfgs, scikit-learn's default tol=1e-4) stopped 0.05 away, accuracy 0.941 against 0.940
     np.testing.assert_allclose(probe[-1].coef_, reference.coef_, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(probe[-1].intercept_, reference.intercept_, rtol=0, atol=1e-6)
+    centred = [b - b.mean() for b in (probe[-1].intercept_, reference.intercept_)]  # softmax ignores a common shift
+    np.testing.assert_allclose(*centred, rtol=0, atol=1e-6)
     accuracy = latent.probe_accuracy(x, y, x_test, y_test)
     assert accuracy == reference.score(scaler.transform(x_test), y_test)
     order = np.random.default_rng(3).permutation(len(x))
@@ -47,16 +48,25 @@ def test_the_probe_is_the_optimum_not_a_solvers_path() -> None:
     np.testing.assert_allclose(latent.fit_probe(x[order], y[order])[-1].coef_, probe[-1].coef_, rtol=0, atol=1e-6)
 
 
-def test_a_probe_that_did_not_converge_is_nan_not_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    class Stops(LogisticRegression):
-        def fit(self, *args: object, **kwargs: object) -> Stops:
-            warnings.warn("newton-cg failed to converge", ConvergenceWarning)
-            return super().fit(*args, **kwargs)
-
-    monkeypatch.setattr(latent, "LogisticRegression", Stops)
+def test_a_probe_that_ran_out_of_newton_steps_is_nan_not_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(latent, "PROBE_MAX_ITER", 2)
     x, y = codes(500, seed=1)
     assert latent.fit_probe(x, y) is None
     assert math.isnan(latent.probe_accuracy(x, y, x, y))
+
+
+def test_a_line_search_stopped_by_rounding_at_the_optimum_is_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scikit-learn warns when rounding stops a line search, which happens at the optimum of
+    real VAE codes: the probe there is the converged one, not NaN."""
+    class Rounding(LogisticRegression):
+        def fit(self, *args: object, **kwargs: object) -> Rounding:
+            fitted = super().fit(*args, **kwargs)
+            warnings.warn("Line search of Newton solver did not converge", ConvergenceWarning)
+            return fitted
+
+    monkeypatch.setattr(latent, "LogisticRegression", Rounding)
+    x, y = codes(500, seed=1)
+    assert latent.probe_accuracy(x, y, x, y) > 0.5
 
 
 def test_a_nan_score_is_never_left_without_a_reason() -> None:
