@@ -35,7 +35,7 @@ def test_the_probe_is_the_optimum_not_a_solvers_path() -> None:
     x, y = codes(5000, seed=1)
     x_test, y_test = codes(1000, seed=2)
     probe = latent.fit_probe(x, y)
-    assert probe is not None
+    assert probe is not None and latent.probe_gradient(probe, x, y) < 1e-9
     scaler, reference = optimum(x, y)
     # the old probe (lbfgs, scikit-learn's default tol=1e-4) stopped 0.05 away, accuracy 0.941 against 0.940
     np.testing.assert_allclose(probe[-1].coef_, reference.coef_, rtol=0, atol=1e-6)
@@ -52,6 +52,7 @@ def test_a_probe_that_ran_out_of_newton_steps_is_nan_not_a_number(monkeypatch: p
     monkeypatch.setattr(latent, "PROBE_MAX_ITER", 2)
     x, y = codes(500, seed=1)
     assert latent.fit_probe(x, y) is None
+    assert latent.probe_gradient(latent.make_pipeline(StandardScaler(), LogisticRegression(max_iter=2)).fit(x, y), x, y) > 1e-3
     assert math.isnan(latent.probe_accuracy(x, y, x, y))
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.special import expit, softmax
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -78,24 +79,42 @@ def clustering_scores(
     return scores
 
 
-PROBE_TOL = 1e-10  # the largest gradient entry left at the probe's solution (scikit-learn's tol)
+PROBE_TOL = 1e-10  # the largest gradient entry asked of the solver (scikit-learn's tol)
 PROBE_MAX_ITER = 100  # Newton steps; the probes of vaebench's codes take 5-15
+PROBE_GRADIENT = 1e-6  # the largest gradient entry a probe may be left with: past it, NaN
+
+
+def probe_gradient(probe: Pipeline, x: np.ndarray, y: np.ndarray) -> float:
+    """The largest entry of the gradient of the probe's objective at its solution: scikit-learn's
+    mean log-loss over the standardised codes plus ||W||^2 / (2 C n), intercepts unpenalised."""
+    scaler, model = probe[0], probe[-1]
+    z = scaler.transform(x)
+    logits = z @ model.coef_.T + model.intercept_
+    if len(model.classes_) == 2:  # one column: P(second class)
+        p, target = expit(logits), (y == model.classes_[1])[:, None]
+    else:
+        p, target = softmax(logits, axis=1), y[:, None] == model.classes_[None, :]
+    residual = p - target
+    n = len(x)
+    grad_w = residual.T @ z / n + model.coef_ / (model.C * n)
+    return float(max(np.abs(grad_w).max(), np.abs(residual.mean(axis=0)).max()))
 
 
 def fit_probe(train_latents: np.ndarray, train_labels: np.ndarray) -> Pipeline | None:
-    """A linear probe (standardised, L2-regularised multinomial logistic regression) solved to
-    PROBE_TOL by exact Newton steps (`newton-cholesky`): its loss is strictly convex, so the fit
-    is a function of the codes alone, not of a solver's starting point, path or row order
+    """A linear probe (standardised, L2-regularised multinomial logistic regression) solved by
+    exact Newton steps (`newton-cholesky`) to its optimum: its loss is strictly convex, so the
+    fit is a function of the codes alone, not of a solver's starting point, path or row order
     (lbfgs stopping at scikit-learn's default tol=1e-4 left coefficients 0.05 away from the
-    optimum, enough to move the accuracy by a test point or two). None when it ran out of
-    Newton steps. A line search that rounding stops at the optimum warns too; that is not a
-    failure (newton-cg at tol 1e-10 warned so on most VAE codes), so warnings are not read."""
+    optimum, enough to move the accuracy by a test point or two). Whether it got there is read
+    from the gradient itself (probe_gradient <= PROBE_GRADIENT), not from the solver's warnings:
+    a line search stopped by rounding at the optimum warns too (newton-cg did so on most VAE
+    codes), and a stalled one can use up every step. None when it did not get there."""
     probe = make_pipeline(StandardScaler(), LogisticRegression(solver="newton-cholesky", tol=PROBE_TOL,
                                                                max_iter=PROBE_MAX_ITER))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         probe.fit(train_latents, train_labels)
-    return None if int(np.max(probe[-1].n_iter_)) >= PROBE_MAX_ITER else probe
+    return probe if probe_gradient(probe, train_latents, train_labels) <= PROBE_GRADIENT else None
 
 
 def probe_accuracy(
