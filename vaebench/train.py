@@ -13,16 +13,15 @@ allocated once. How a step runs is `step` (benchmarks/bench_step.py measures eac
 - `eager`: the loss in eager mode, Adam's multi-tensor (`foreach`) kernels, bit for bit the
   textbook loop with a default `torch.optim.Adam` (what fit did before `step` existed).
 - `fused`: the loss in eager mode, Adam's one fused kernel called directly (the same kernel
-  and numbers as `Adam(fused=True)`, without its per-step Python); 1.3-1.5x the eager step.
+  and numbers as `Adam(fused=True)`, without its per-step Python).
   Fused and foreach Adam round differently, so the numbers differ from `eager` in the last
   bits of a step and, over a trial, like a change of seed's noise at a far smaller scale.
 - `compiled`: `fused` with the loss (forward and backward) compiled by torch.compile, with no
   graph break: the noise generator's state is lent to the default generator around the call
   and inductor draws through aten (`fallback_random`), so every random number is the eager
   one. Compiling is a fresh start (`torch.compiler.reset()`: no state from earlier fits, so
-  a resumed trial compiles what the uninterrupted one did) and takes 5-25 s; on CPU the step
-  is then 1.6-1.8x the eager one on the IWAE paper's net at batch 20. Not with KL warm-up
-  (the weight changes every step) or `bf16`.
+  a resumed trial compiles what the uninterrupted one did) and takes seconds, paid back on
+  long fits at small batches. Not with KL warm-up (the weight changes every step) or `bf16`.
 - `auto` (the default): `compiled` on CPU and CUDA when the fit has at least COMPILE_MIN_STEPS
   steps (epochs x steps per epoch, where compile time is paid back many times over: a 121-pass
   Burda run has 363,000) and no KL warm-up or bf16, else `fused` (on CPU and CUDA; `eager`
