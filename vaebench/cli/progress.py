@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from tqdm import tqdm
@@ -41,7 +42,11 @@ class ProgressBar:
             self.best = study.best_value
         self._show()
 
+    def on_note(self, line: str) -> None:
+        """A line for the user, printed above the bar (not through it)."""
+        tqdm.write(line, file=sys.stderr)
+
     def hooks(self) -> Any:
         from vaebench.search import Progress
 
-        return Progress(on_epoch=self.on_epoch, on_trial_end=self.on_trial_end)
+        return Progress(on_epoch=self.on_epoch, on_trial_end=self.on_trial_end, on_note=self.on_note)
