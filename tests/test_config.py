@@ -78,6 +78,8 @@ def test_beta_sweep_is_the_documented_grid() -> None:
         ({"model": {"colour": "red"}}, "model.colour: unknown setting"),
         ({"bogus": 1}, "bogus: unknown setting"),
         ({"model": {"latent_dim": 0}}, "model.latent_dim"),
+        ({"model": {"latent_dim": 10**100}}, "model.latent_dim: Input should be less than or equal to 1048576"),
+        ({"model": {"hidden": [512, 10**30]}}, "model.hidden"),
         ({"model": {"beta": -1.0}}, "model.beta"),
         ({"train": {"lr": "fast"}}, "train.lr"),
         ({"train": {"epochs": 0}}, "train.epochs"),

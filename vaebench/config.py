@@ -28,7 +28,8 @@ Scalar = bool | int | float | str
 # together ({objective: beta_tcvae, beta: 6} under `model`), for settings that go in pairs.
 Choice = Scalar | list[Scalar] | dict[str, Scalar]
 Seed = Annotated[int, Field(ge=0, lt=validate.SEED_LIMIT)]
-Width = Annotated[int, Field(ge=1)]
+MAX_WIDTH = 1 << 20  # units in a layer or latent dims: past it a model cannot be built on any machine
+Width = Annotated[int, Field(ge=1, le=MAX_WIDTH)]
 Device = Annotated[str, AfterValidator(validate.check_device_name)]
 
 
@@ -81,7 +82,7 @@ class ModelSpec(_Strict):
 
     arch: str = "mlp"
     objective: str | None = None  # vae for an architecture; none for a whole model
-    latent_dim: int = Field(10, ge=1)
+    latent_dim: Width = 10
     likelihood: str | None = None  # bernoulli for an architecture; none for a whole model
     beta: float | None = Field(None, ge=0)
     alpha: float | None = Field(None, ge=0, description="beta_tcvae: weight of the index-code MI")
