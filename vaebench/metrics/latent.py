@@ -2,6 +2,7 @@
 over code arrays, and `latent_scores` on a model's posterior means."""
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import TYPE_CHECKING, Callable
@@ -20,7 +21,7 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 from torch import Tensor, nn
 
 from vaebench.metrics.likelihood import posterior_means
@@ -30,6 +31,18 @@ if TYPE_CHECKING:
 
 LATENT_SCORES = ("nmi", "ari", "cluster_acc", "silhouette", "probe_acc")
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. (2015): Cov_x(E_q[z_d|x]) above this is "active"
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    return ThreadpoolController()  # found once per process: a fresh search per limit takes milliseconds
+
+
+def one_thread():  # threadpoolctl's limiter, a context manager
+    """One BLAS and one OpenMP thread for numpy's and scikit-learn's work on small arrays:
+    multi-threaded, their pools spin-wait after the work (and at their barriers on busy cores),
+    costing many times the work and slowing down whatever torch runs next."""
+    return _threadpools().limit(limits=1)
 
 
 # --- pure metrics over arrays -------------------------------------------------------------
@@ -157,9 +170,7 @@ def latent_scores(
     if not (np.isfinite(codes).all() and np.isfinite(train_codes).all()):
         return dict.fromkeys(LATENT_SCORES, math.nan)
     labels = split.y.numpy()
-    # One BLAS/OpenMP thread for scikit-learn's small problems: multi-threaded, their pools
-    # spin-wait after the work and slow down whatever torch runs next by ~70 ms.
-    with threadpool_limits(limits=1):
+    with one_thread():
         scores = clustering_scores(codes, labels, seed=seed)
         scores["probe_acc"] = probe_accuracy(train_codes, ds.train.y.numpy(), codes, labels)
     return scores

@@ -32,7 +32,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from vaebench.metrics import feature_net
@@ -46,6 +45,7 @@ from vaebench.metrics.generation import (
     precision_recall,
     sample_latent_gmm,
 )
+from vaebench.metrics.latent import one_thread
 from vaebench.metrics.likelihood import inference, model_device, posterior_means
 from vaebench.models.base import lacks
 
@@ -102,19 +102,9 @@ def to_domain(images: Tensor, binary: bool, seed: int, stream: str) -> Tensor:
     return (torch.rand(x.shape, generator=_generator(seed, stream)) < x).float()
 
 
-@functools.cache
-def _threadpools() -> ThreadpoolController:
-    return ThreadpoolController()  # found once per process: a fresh search per limit takes milliseconds
-
-
-def _one_thread():  # noqa: ANN202 - threadpoolctl's limiter, a context manager
-    """One BLAS and one OpenMP thread for numpy's and scikit-learn's work (the module's docstring says why)."""
-    return _threadpools().limit(limits=1)
-
-
 def _scores(features: np.ndarray, classes: np.ndarray, ref: Reference) -> dict[str, float]:
     """The per-sampler scores of embedded images against the reference (test) set."""
-    with _one_thread():
+    with one_thread():
         out = {"fd": frechet_distance_from_stats(gaussian_stats(features), ref.stats)}
         out |= precision_recall(ref.features, features, PR_K, real_radii=ref.radii)
         return out | class_scores(classes, ref.classes)
@@ -125,7 +115,7 @@ def _reference(fingerprint: str, test: Tensor, train: Tensor, n: int, seed: int)
     del fingerprint  # the cache key: the same dataset split gives the same reference
     features, classes = feature_net.embed(test)
     binary = bool(((test == 0) | (test == 1)).all())
-    with _one_thread():
+    with one_thread():
         ref = Reference(gaussian_stats(features), features, knn_radii(features, PR_K), classes, binary, {})
     rows = torch.randperm(len(train), generator=_generator(seed, "real_data"))[:n]
     real = to_domain(train[rows], binary, seed, "real_data")
@@ -170,7 +160,7 @@ def _gmm_images(model: nn.Module, ds, n: int, seed: int, batch_size: int) -> Ten
     codes = posterior_means(model, ds.train.x, batch_size)
     if not np.isfinite(codes).all():
         raise ValueError("training codes with NaN or Inf")
-    with _one_thread():
+    with one_thread():
         gmm = fit_latent_gmm(codes, GMM_COMPONENTS, stream_seed(seed, "gmm"))
         z = torch.from_numpy(sample_latent_gmm(gmm, n, stream_seed(seed, "gmm"))).float()
     return _batched(decode, z, batch_size, model_device(model))
@@ -215,7 +205,7 @@ def generation_scores(model: nn.Module, ds, n: int | None = None, seed: int = SA
         try:
             recon = _batched(model.reconstruct, ds.test.x, batch_size, model_device(model))
             feats, _ = feature_net.embed(to_domain(recon, ref.binary, seed, "binarize"))
-            with _one_thread():
+            with one_thread():
                 out.scores["test_fd_recon"] = frechet_distance_from_stats(gaussian_stats(feats), ref.stats)
         except ValueError as exc:
             _skip(["test_fd_recon"], str(exc), out)
