@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
-from vaebench.metrics.sampling import METRICS, PER_SAMPLER
+from vaebench.metrics.sampling import GMM_COMPONENTS, METRICS, PER_SAMPLER
 from vaebench.report.stats import fmt_ci
 from vaebench.tracking import (
     GENERATION_REFERENCE,
@@ -27,10 +27,10 @@ from vaebench.tracking import (
 from vaebench.tracking.artifacts import GENERATION_PICTURE
 from vaebench.tracking.charts import save_figure
 
-SAMPLER_NAMES = {"prior": "prior N(0, I)", "gmm": "GMM on training codes (10 components)"}
+SAMPLER_NAMES = {"prior": "prior N(0, I)", "gmm": f"GMM on training codes ({GMM_COMPONENTS} components)"}
 REFERENCE_NAMES = {"real_data": "real data: training images (floor)",
                    "mean_image": "mean image, pixel-wise Bernoulli (near ceiling)"}
-COLUMNS = ("fd",) + tuple(m for m in PER_SAMPLER if m != "fd")
+COLUMNS = PER_SAMPLER  # FD first
 HEADS = ("FD", "precision", "recall", "density", "coverage", "classes", "class KL")
 
 
