@@ -1,6 +1,7 @@
 """Reports: seed-aware aggregation, the Markdown table, and the results folder of a real study."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_report_references_only_files_that_exist(smoke: Path) -> None:
                     "## Reproduce"):
         assert text.count(f"\n{heading}\n") == 1, heading
     assert "python -m vaebench run --study" in text and "dataset fingerprint" in text
+    commit = json.loads((folder / "manifest.json").read_text())["vaebench"]["git"]["commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit) and f"- run by vaebench at git commit `{commit}`" in text
 
 
 def test_report_rebuilds_from_the_tracking_store_alone(smoke: Path, tmp_path: Path) -> None:

@@ -52,6 +52,17 @@ def _versions(record: StudyRecord) -> list[str]:
     ]
 
 
+def _code_line(folder: Path) -> list[str]:
+    """The git commit of the vaebench that ran the study, from its manifest: a report rebuilt by
+    a later vaebench shows numbers the recorded code computed, which a version string alone
+    does not tell apart."""
+    path = folder / manifest.FILENAME
+    git = json.loads(path.read_text()).get("vaebench", {}).get("git") if path.is_file() else None
+    if not git:
+        return []
+    return [f"- run by vaebench at git commit `{git['commit']}`{' with uncommitted changes' if git['dirty'] else ''}"]
+
+
 def space_values(space: dict[str, Any], row: pd.Series) -> dict[str, Any]:
     """The value each search dimension took in a trial, read from its logged `param.*`: the
     matching choice of a list, the number of a range (`space` as StudySpec dumps it to JSON).
@@ -278,7 +289,8 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     if (folder / "figures" / "optuna").is_dir():
         html = sorted((folder / "figures" / "optuna").glob("*.html"))
         lines += ["Interactive versions (plotly, loads plotly.js from its CDN): " + ", ".join(f"[{p.stem}]({p.relative_to(folder).as_posix()})" for p in html), ""]
-    lines += ["## Environment", "", *_versions(record), f"- report built on: {platform.platform()}", "",
+    lines += ["## Environment", "", *_versions(record), *_code_line(folder),
+              f"- report built on: {platform.platform()}", "",
               *reproduce_lines(record.study, study_file, has_manifest,
                                bool(set(trials.get("param.dataset.name", [])) & set(data.FILES)))]
     (folder / "report.md").write_text("\n".join(lines))
