@@ -102,7 +102,7 @@ def to_device(t: torch.Tensor, dev: torch.device, channels_last: bool = False) -
 
 
 STEPS = ("auto", "eager", "fused", "compiled")
-COMPILE_MIN_STEPS = 100_000  # `auto` compiles a fit with at least this many steps (CPU)
+COMPILE_MIN_STEPS = 100_000  # `auto` compiles a fit with at least this many steps (CPU and CUDA)
 
 
 def choose_step(step: str, dev: torch.device, total_steps: int, *, kl_warmup: bool = False,
