@@ -107,3 +107,12 @@ def test_budget_of_a_grid_over_seeds_is_the_best_per_seed(tmp_path: Path, record
     assert list(per_seed["value"]) == pytest.approx(list(expected))
     assert "## Budget" in lines
     assert significance.budget_lines(board, record.finished, "val_elbo", "maximize", "grid", False, tmp_path) == []
+
+
+def test_a_grid_of_one_configuration_over_seeds_has_no_budget_section(tmp_path: Path) -> None:
+    """Only seeds vary (the IWAE-protocol studies): there is no best of several to pick."""
+    record = study({"1.0": noisy(0.0)})
+    board = report.per_config(record)
+    assert len(board) == 1
+    assert significance.budget_lines(board, record.finished, "val_elbo", "maximize", "grid", True, tmp_path) == []
+    assert not (tmp_path / "best_per_seed.csv").exists()

@@ -117,8 +117,9 @@ def best_lines(board: pd.DataFrame, trials: pd.DataFrame, objective: str, direct
 def budget_lines(board: pd.DataFrame, trials: pd.DataFrame, objective: str, direction: str,
                  sampler: str | None, seeded_grid: bool, folder: Path) -> list[str]:
     """The `## Budget` section; writes budget_curve.csv and figures/budget_curve.png (a
-    sampled search) or best_per_seed.csv (a grid over seeds) into `folder`. Empty otherwise."""
-    if sampler == "grid" and seeded_grid:
+    sampled search) or best_per_seed.csv (a grid over seeds) into `folder`. Empty otherwise, and
+    for a grid of one configuration (its seeds) there is no best to pick, so nothing to budget."""
+    if sampler == "grid" and seeded_grid and len(board) > 1:
         return _best_per_seed(board, trials, objective, direction, folder)
     if sampler and sampler != "grid":
         return _budget_curve(trials, objective, direction, sampler, folder)
