@@ -60,7 +60,7 @@ def _code_line(folder: Path) -> list[str]:
     git = json.loads(path.read_text()).get("vaebench", {}).get("git") if path.is_file() else None
     if not git:
         return []
-    return [f"- run by vaebench at git commit `{git['commit']}`{' with uncommitted changes' if git['dirty'] else ''}"]
+    return [f"- run by vaebench at git commit `{git['commit']}`{' with uncommitted changes' if git.get('dirty') else ''}"]
 
 
 def space_values(space: dict[str, Any], row: pd.Series) -> dict[str, Any]:
