@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import ThreadpoolController, threadpool_limits
+from threadpoolctl import ThreadpoolController
 from torch import Tensor, nn
 
 from vaebench.metrics.likelihood import posterior_means
@@ -85,7 +85,7 @@ def clustering_scores(
     k = n_clusters if n_clusters is not None else np.unique(labels).size
     # One OpenMP thread: latent sets are small, and with busy cores (parallel trials, torch
     # threads) KMeans' OpenMP barriers made it ~200x slower in measurements.
-    with threadpool_limits(limits=1, user_api="openmp"):
+    with _threadpools().limit(limits=1, user_api="openmp"):
         pred = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(latents)
     scores = {name: float(score(labels, pred)) for name, score in PARTITION_SCORES.items()}
     scores["silhouette"] = label_silhouette(latents, labels, seed, silhouette_max)
