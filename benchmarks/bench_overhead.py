@@ -186,7 +186,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
                     in_calls.append({k: v / trials for k, v in spent.items()})
                     in_calls_cpu.append({k: v / trials for k, v in spent_cpu.items()})
         u, uc = median(seconds["untracked"]), median(cpu["untracked"])
-        charts = chart_draws(trial.build_model(cfg, ds), ds, repeats)
+        draws = chart_draws(trial.build_model(cfg, ds), ds, repeats)
         system = system_metrics_cost(tracker, parent, u, repeats)
         best = []  # the best trial's standalone model, made once per study at its end
         for number in range(repeats):
@@ -206,7 +206,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
             for v in variants if v != "untracked"]
     totals = [sum(c.get(k, 0.0) for k in calls) for c in in_calls]
     # The trials here draw their charts blitted; a study's worker draws its first two in full.
-    once = per_study + (charts["full"] - charts["blitted"]) / spec.search.total_trials
+    once = per_study + (draws["full"] - draws["blitted"]) / spec.search.total_trials
     costly = median([c.get("costly set", 0.0) for c in in_calls]) + once
     costly_cpu = median([c.get("costly set", 0.0) for c in in_calls_cpu]) + once
     return {"rows": rows, "untracked_s": u, "untracked_cpu_s": uc, "seconds": seconds, "cpu_seconds": cpu,
@@ -217,7 +217,7 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
             "tracking_calls_share": median(totals) / u, "best_artifacts_s": median(best),
             "costly_set_s": costly, "costly_set_share": costly / u,
             "costly_set_cpu_s": costly_cpu, "costly_set_cpu_share": costly_cpu / uc,
-            "trials_per_study": spec.search.total_trials, "epochs": cfg.train.epochs, "chart_draws_s": charts,
+            "trials_per_study": spec.search.total_trials, "epochs": cfg.train.epochs, "chart_draws_s": draws,
             "system_metrics": system | {"cpu_share": system["cpu_s"] / uc, "wall_share": system["wall_s"] / u}}
 
 

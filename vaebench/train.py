@@ -291,7 +291,7 @@ def fit(
     optimizer = make_optimizer(params, kind, dev, lr, adam_eps)
     optimizer_step = optimizer.step if kind == "eager" else fused_adam_stepper(optimizer)
     batch_sizes = torch.tensor(
-        [min(batch_size, n - step * batch_size) for step in range(steps_per_epoch)], dtype=torch.float64
+        [min(batch_size, n - i * batch_size) for i in range(steps_per_epoch)], dtype=torch.float64
     )
     dynamic = ds.binarize == "dynamic"
     loss_fn = compiled_loss(model, dev) if kind == "compiled" else model.loss
@@ -327,8 +327,8 @@ def fit(
         start = time.perf_counter()
         if order is None:
             order = to_device(torch.randperm(n, generator=gen), dev)
-        for step in range(first_step, steps_per_epoch):
-            idx = order[step * batch_size : (step + 1) * batch_size]
+        for i in range(first_step, steps_per_epoch):
+            idx = order[i * batch_size : (i + 1) * batch_size]
             if gathered is None:
                 xb = x_train[idx]
                 xb = torch.bernoulli(xb, generator=noise) if dynamic else xb
@@ -337,7 +337,7 @@ def fit(
                 if binary is not None:
                     xb = torch.bernoulli(xb, generator=noise, out=binary[: len(idx)])
             if kl_warmup_epochs:
-                kl_weight = min(1.0, (epoch - 1 + step / steps_per_epoch) / kl_warmup_epochs)
+                kl_weight = min(1.0, (epoch - 1 + i / steps_per_epoch) / kl_warmup_epochs)
             with autocast:
                 record = loss_fn(xb, kl_weight=kl_weight, generator=noise)
             for p in params:  # optimizer.zero_grad(set_to_none=True) without its Python (5% of a step)
@@ -347,9 +347,9 @@ def fit(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             optimizer_step()
             losses.append(record.loss.detach())
-            if every_s is not None and time.monotonic() - last_save >= every_s and step + 1 < steps_per_epoch:
+            if every_s is not None and time.monotonic() - last_save >= every_s and i + 1 < steps_per_epoch:
                 history.train_seconds += time.perf_counter() - start
-                checkpointing.save(state(epoch, step + 1, order, losses))  # type: ignore[union-attr]
+                checkpointing.save(state(epoch, i + 1, order, losses))  # type: ignore[union-attr]
                 start, last_save = time.perf_counter(), time.monotonic()
         # Mean loss per example, summed in float64 once per epoch (one sync, not one per step).
         train_loss = float(torch.stack(losses).double().cpu() @ batch_sizes) / n
