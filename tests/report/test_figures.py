@@ -246,6 +246,19 @@ def test_optuna_figures_with_one_trial_skips_importances(tmp_path):
     open_png(tmp_path / "optimization_history.png")
 
 
+def test_optuna_figures_over_seeds_alone_skip_importances(tmp_path):
+    """A grid of one configuration over seeds (the IWAE-protocol studies): the seed would get
+    all the importance, which says nothing. With a second parameter the seed is kept."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seeds_only = optuna.create_study(sampler=optuna.samplers.GridSampler({"seed": [0, 1, 2]}))
+    seeds_only.optimize(lambda t: float(t.suggest_categorical("seed", [0, 1, 2])), n_trials=3)
+    assert "param_importances.png" not in {p.name for p in figures.optuna_figures(seeds_only, tmp_path / "a")}
+    swept = optuna.create_study(sampler=optuna.samplers.GridSampler({"seed": [0, 1], "beta": [1.0, 4.0]}))
+    swept.optimize(lambda t: t.suggest_categorical("beta", [1.0, 4.0]) + 0.1 * t.suggest_categorical("seed", [0, 1]),
+                   n_trials=4)
+    assert "param_importances.png" in {p.name for p in figures.optuna_figures(swept, tmp_path / "b")}
+
+
 def test_optuna_figures_leave_matplotlib_style_alone(tmp_path):
     import matplotlib
 

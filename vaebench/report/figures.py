@@ -191,7 +191,8 @@ def _optuna_target(study: optuna.Study, name: str | None) -> tuple[Callable | No
 
 
 def _importances_computable(study: optuna.Study, target: Callable | None) -> bool:
-    """True when importances mean something: >= 2 finite completed trials, a parameter that varied."""
+    """True when importances mean something: >= 2 finite completed trials, and a parameter other
+    than the seed that varied (over seeds alone, the seed's importance is 1 and says nothing)."""
     trials = [
         t
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -199,7 +200,7 @@ def _importances_computable(study: optuna.Study, target: Callable | None) -> boo
     ]
     if len(trials) < 2:
         return False
-    names = {name for t in trials for name in t.params}
+    names = {name for t in trials for name in t.params} - {"seed"}
     if not any(len({repr(t.params.get(name)) for t in trials}) > 1 for name in names):
         return False
     try:
@@ -241,7 +242,8 @@ def optuna_figures(study: optuna.Study, folder: Path, objective_name: str | None
     PNGs come from optuna.visualization.matplotlib, HTML (interactive) from
     optuna.visualization; the HTML loads plotly.js from its CDN, so it stays small but needs
     the network to display. Importances are skipped
-    unless at least 2 trials completed and some parameter took more than one value. A
+    unless at least 2 trials completed and some parameter other than the seed took more than
+    one value. A
     multi-objective study is plotted for its first objective. `objective_name` (e.g.
     "val_elbo") labels the value axis, else the study's metric name. Returns the paths written.
     """
