@@ -7,18 +7,18 @@
    `search.run_study` with the default local stores (Optuna `sqlite:///optuna.db`, MLflow
    `sqlite:///mlflow.db` + ./mlruns, in a temporary folder), and again with an Optuna
    journal file. The first `--warmup` trials (database creation, imports, first-use caches)
-   are run and not counted; the next `--trials` are timed. The time inside train.fit and
-   metrics.evaluate is measured by wrapping them, so
+   are run and not counted; the next `--trials` are timed. The time inside train.fit,
+   metrics.evaluate and the generation scores (metrics.sampling) is measured by wrapping them, so
 
-       overhead per trial = (wall time - time in fit and evaluate) / trials
+       overhead per trial = (wall time - time in fit, evaluate and generation scores) / trials
 
    is what Optuna, MLflow, the data cache, model building and the artifacts (see
    vaebench.tracking.artifacts; `--artifacts best`: the costly set once, for the best trial) cost,
    with the artifacts also shown on their own.
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
-   grids, weights, description) in each way of tracking, against the same training and
-   evaluation with no tracking: the default (every trial's charts and light MLflow model),
+   grids, weights, description) in each way of tracking, against the same training,
+   evaluation and generation scores with no tracking: the default (every trial's charts and light MLflow model),
    `--artifacts best`, and the default with `--system-metrics`. Each variant runs
    `--sequence` trials in a row; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, each round against its own
@@ -49,10 +49,8 @@ from common import median, print_table, rotated, timed, write_report
 
 from vaebench import config, metrics, search, tracking, train, trial
 
-from vaebench.tracking import artifacts
-
-from vaebench.tracking import charts
-
+from vaebench.metrics import sampling
+from vaebench.tracking import artifacts, charts
 from vaebench.tracking import ui as tracking_ui
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,18 +101,19 @@ def tiny_trials(storage: str, warmup: int, trials: int) -> dict[str, float]:
         uri = f"sqlite:///{tmp}/mlflow.db"
         search.run_study(tiny_spec(warmup), storage_url=storage, tracking_uri=uri, n_trials=warmup, artifacts_mode="best")
         targets = {"fit": (train, "fit"), "evaluate": (metrics, "evaluate"),
-                   "artifacts": (artifacts, "log_trial"), "best_artifacts": (artifacts, "log_full")}
+                   "generation": (sampling, "generation_scores"), "artifacts": (artifacts, "log_trial"),
+                   "generation_picture": (artifacts, "log_generation"), "best_artifacts": (artifacts, "log_full")}
         with clocked(targets) as spent:
             start, cpu_start = time.perf_counter(), time.process_time()
             result = search.run_study(tiny_spec(warmup + trials), storage_url=storage, tracking_uri=uri,
                                       n_trials=warmup + trials, artifacts_mode="best")
             wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     assert result.finished == warmup + trials and not result.failures, result.failures
-    compute = spent["fit"] + spent["evaluate"]
+    compute = spent["fit"] + spent["evaluate"] + spent["generation"]
+    pictures = spent["artifacts"] + spent["generation_picture"] + spent["best_artifacts"]
     return {"storage": storage, "trials": trials, "wall_per_trial_s": wall / trials,
             "compute_per_trial_s": compute / trials, "overhead_per_trial_s": (wall - compute) / trials,
-            "artifacts_per_trial_s": (spent["artifacts"] + spent["best_artifacts"]) / trials,
-            "overhead_without_artifacts_s": (wall - compute - spent["artifacts"] - spent["best_artifacts"]) / trials,
+            "artifacts_per_trial_s": pictures / trials, "overhead_without_artifacts_s": (wall - compute - pictures) / trials,
             "cpu_per_trial_s": cpu / trials}
 
 
@@ -131,6 +130,8 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         model = trial.build_model(cfg, ds)
         train.fit(model, ds, **trial.fit_settings(cfg))
         metrics.evaluate(model, ds, **trial.evaluate_settings(cfg))
+        if cfg.eval.generation:  # scores, computed untracked too; their picture is tracking's
+            sampling.generation_scores(model, ds, **trial.generation_settings(cfg))
 
     with tempfile.TemporaryDirectory() as tmp, contextlib.chdir(tmp):
         uri = f"sqlite:///{tmp}/mlflow.db"
@@ -164,7 +165,8 @@ def flagship_share(repeats: int, trials: int) -> dict[str, Any]:
         # set, its charts and its model.
         calls = {"start_trial": (tracking.StudyTracker, "start_trial"), "log_params": (tracking.TrialRun, "log_params"),
                  "log_dataset": (tracking_ui, "log_dataset"), "log_metrics": (tracking.TrialRun, "log_metrics"),
-                 "cheap set": (artifacts, "log_trial"), "costly set": (artifacts, "log_full"),
+                 "cheap set": (artifacts, "log_trial"), "generation picture": (artifacts, "log_generation"),
+                 "costly set": (artifacts, "log_full"),
                  "describe": (tracking_ui, "describe_run"), "finish": (tracking.TrialRun, "finish")}
         parts = {"latent PCA chart": (charts, "latent_pca"), "KL chart": (charts, "kl_per_dim"),
                  "light model": (tracking.TrialRun, "log_model")}

@@ -40,10 +40,14 @@ def rotated(items: Sequence[Any], shift: int) -> list[Any]:
 
 
 def machine() -> dict[str, Any]:
-    """What a number depends on: versions, cores, threads, load at the start."""
+    """What a number depends on: the code (vaebench's git commit and whether the checkout had
+    uncommitted changes), versions, cores, threads, and the load average when the report is written."""
     import torch
 
+    from vaebench import manifest
+
     return {
+        "vaebench_git": manifest.git_state(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": f"{platform.system()} {platform.machine()}",
