@@ -18,8 +18,8 @@
 2. Flagship-sized trials (beta_sweep: MLP 512-256, 15 epochs on mnist5k) run as search runs
    them (child run, params, dataset input, per-epoch batched metrics, final metrics, image
    grids, weights, description) in each way of tracking, against the same training,
-   evaluation and generation scores with no tracking: the default (every trial's charts and light MLflow model),
-   `--artifacts best`, and the default with `--system-metrics`. Each variant runs
+   evaluation and generation scores with no tracking: the default (every trial's charts and
+   light MLflow model), `--artifacts best`, and the default with `--system-metrics`. Each variant runs
    `--sequence` trials in a row; rounds alternate the variants (order rotated), medians over `--repeats`.
    Tracking's share = tracked / untracked - 1 per trial, each round against its own
    untracked trials (median and range over rounds), on the wall clock and on the

@@ -241,11 +241,10 @@ def optuna_figures(study: optuna.Study, folder: Path, objective_name: str | None
 
     PNGs come from optuna.visualization.matplotlib, HTML (interactive) from
     optuna.visualization; the HTML loads plotly.js from its CDN, so it stays small but needs
-    the network to display. Importances are skipped
-    unless at least 2 trials completed and some parameter other than the seed took more than
-    one value. A
-    multi-objective study is plotted for its first objective. `objective_name` (e.g.
-    "val_elbo") labels the value axis, else the study's metric name. Returns the paths written.
+    the network to display. Importances are skipped unless at least 2 trials completed and some
+    parameter other than the seed took more than one value. A multi-objective study is plotted
+    for its first objective. `objective_name` (e.g. "val_elbo") labels the value axis, else the
+    study's metric name. Returns the paths written.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
