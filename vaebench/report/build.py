@@ -52,12 +52,11 @@ def _versions(record: StudyRecord) -> list[str]:
     ]
 
 
-def _code_line(folder: Path) -> list[str]:
+def _code_line(folder: Path, has_manifest: bool) -> list[str]:
     """The git commit of the vaebench that ran the study, from its manifest: a report rebuilt by
     a later vaebench shows numbers the recorded code computed, which a version string alone
     does not tell apart."""
-    path = folder / manifest.FILENAME
-    git = json.loads(path.read_text()).get("vaebench", {}).get("git") if path.is_file() else None
+    git = manifest.read(folder)["vaebench"].get("git") if has_manifest else None
     if not git:
         return []
     return [f"- run by vaebench at git commit `{git['commit']}`{' with uncommitted changes' if git.get('dirty') else ''}"]
@@ -289,7 +288,7 @@ def build_report(record: StudyRecord, folder: Path) -> list[Path]:
     if (folder / "figures" / "optuna").is_dir():
         html = sorted((folder / "figures" / "optuna").glob("*.html"))
         lines += ["Interactive versions (plotly, loads plotly.js from its CDN): " + ", ".join(f"[{p.stem}]({p.relative_to(folder).as_posix()})" for p in html), ""]
-    lines += ["## Environment", "", *_versions(record), *_code_line(folder),
+    lines += ["## Environment", "", *_versions(record), *_code_line(folder, has_manifest),
               f"- report built on: {platform.platform()}", "",
               *reproduce_lines(record.study, study_file, has_manifest,
                                bool(set(trials.get("param.dataset.name", [])) & set(data.FILES)))]
